@@ -1,0 +1,77 @@
+"""Forward time of manolayer.ManoLayer vs smplx.MANO on the same MANO-format arrays.
+
+Usage: python benchmarks/bench_manolayer.py [--repeats 200] [--threads 2]
+
+Both layers get a random 778-vertex model with pose correctives (the official file's
+shapes), float32 on the CPU, axis-angle input without PCA, and the same random inputs.
+Prints the median forward time over repeats, the ratio, and the largest output difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(max(3, repeats // 10)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    import smplx
+
+    from manolayer.testing import random_mano_arrays
+    from manolayer import ManoLayer
+    from manolayer.io import ManoModel, _model_from_arrays
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    arrays = random_mano_arrays()
+    model: ManoModel = _model_from_arrays(arrays, Path("random-778"), "right", None)
+    ours = ManoLayer(model, use_pca=False, flat_hand_mean=False)
+    with tempfile.TemporaryDirectory() as folder:
+        struct = smplx.utils.Struct(**{**arrays, "J_regressor": model.J_regressor, "shapedirs": model.shapedirs})
+        theirs = smplx.MANO(model_path=folder, data_struct=struct, use_pca=False, flat_hand_mean=False)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU, median of {args.repeats} runs")
+    print(f"| batch | smplx.MANO (ms) | ManoLayer (ms) | speed-up | max |diff| (m) |")
+    print(f"|---:|---:|---:|---:|---:|")
+    generator = torch.Generator().manual_seed(0)
+    for batch in args.batches:
+        inputs = dict(
+            global_orient=torch.randn(batch, 3, generator=generator),
+            hand_pose=0.5 * torch.randn(batch, 45, generator=generator),
+            betas=torch.randn(batch, 10, generator=generator),
+            transl=torch.randn(batch, 3, generator=generator),
+        )
+        repeats = args.repeats if batch < 512 else max(20, args.repeats // 5)
+        with torch.inference_mode():
+            theirs_ms = median_ms(lambda: theirs(**inputs), repeats)
+            ours_ms = median_ms(lambda: ours(**inputs), repeats)
+            diff = max(
+                (ours(**inputs).vertices - theirs(**inputs).vertices).abs().max().item(),
+                (ours(**inputs).mano_joints - theirs(**inputs).joints).abs().max().item(),
+            )
+        print(f"| {batch} | {theirs_ms:.3f} | {ours_ms:.3f} | {theirs_ms / ours_ms:.2f}x | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

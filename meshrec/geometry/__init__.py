@@ -1,0 +1,1 @@
+"""Geometry used across meshrec: camera projection, Procrustes alignment, mesh hierarchy."""
