@@ -5,7 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-deps demo test bench clean
+
+# The OpenGL renderer (meshrec.render.gl) needs EGL and Mesa. Installed when we can (root with
+# apt-get); otherwise the exact command is printed, and the tests that need it are skipped.
+EGL_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+system-deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q libEGL_mesa; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(EGL_PACKAGES) >/dev/null) \
+	      || echo "meshrec: could not install $(EGL_PACKAGES); the OpenGL renderer will be unavailable"; \
+	  else \
+	    echo "meshrec: for the OpenGL renderer run: sudo apt-get install $(EGL_PACKAGES)"; \
+	  fi; \
+	fi
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/.installed
+setup: system-deps $(BIN)/.installed
 
 demo: setup
 	$(BIN)/meshrec mano-info

@@ -16,6 +16,8 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "mano-info": ("pipelines.mano_tools", "describe a MANO-format file and check that it is valid"),
     "mano-convert": ("pipelines.mano_tools", "convert a MANO pickle to the project's plain .npz format"),
+    "build-open-hand": ("pipelines.build_open_hand", "build the CC0 open hand model from MakeHuman assets"),
+    "render-hand": ("pipelines.render_hand", "draw the hand model in sampled poses to a PNG"),
 }
 
 
