@@ -1,0 +1,331 @@
+"""Hand crops: cut a (square) box out of an image of any size and resize it to the network
+input size, returning the new intrinsics and the pixel map from the image to the crop.
+
+Conventions (as :mod:`meshrec.geometry.camera`): pixel centres at integer coordinates, so an
+image of width W spans ``[-0.5, W - 0.5]``. A box ``[x0, y0, x1, y1]`` gives the *edges*
+of a region in these continuous coordinates: the whole image is
+``[-0.5, -0.5, W - 0.5, H - 0.5]`` (:func:`full_image_box`). The crop maps the box edges
+onto the output's edges::
+
+    u' = (u - x0) * S_w / (x1 - x0) - 0.5        v' = (v - y0) * S_h / (y1 - y0) - 0.5
+
+which is the 3 x 3 pixel affine ``transform`` (image pixels -> crop pixels). The camera of
+the crop is ``K' = transform @ K``: a 3D point projected with ``K'`` lands where the crop
+moved its projection. Boxes partly (or wholly) outside the image are fine: the outside is
+filled with zeros.
+
+Downscaling by more than a little blurs the source first (Gaussian, sigma ``(1/s - 1) / 2``
+source pixels for scale s), on the cut window only, so big photos stay cheap and crops
+do not alias.
+
+This is what both the datasets (training crops) and prediction on a user's photo use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from meshrec.data.blur import gaussian_blur, gaussian_radius
+from meshrec.data.sample import HandSample
+from meshrec.errors import DatasetError
+
+__all__ = [
+    "CropResult",
+    "DEFAULT_CROP_SIZE",
+    "DEFAULT_BOX_PADDING",
+    "full_image_box",
+    "square_box",
+    "box_from_keypoints",
+    "crop_transform",
+    "transform_points",
+    "transform_intrinsics",
+    "crop_image",
+    "crop_sample",
+]
+
+DEFAULT_CROP_SIZE = 128
+# A box this many times the keypoint extent keeps the whole hand (tips, palm edge) in view.
+DEFAULT_BOX_PADDING = 1.5
+# Below this scale (output pixels per source pixel) the source is blurred before sampling.
+_ANTIALIAS_BELOW_SCALE = 0.9
+
+
+@dataclass(frozen=True)
+class CropResult:
+    """Output of :func:`crop_image`.
+
+    Attributes:
+        image: ``(B, C, S_h, S_w)`` the crops (``(C, S_h, S_w)`` for an unbatched input).
+        transform: ``(B, 3, 3)`` pixel affine, image -> crop: ``[u', v', 1] = T [u, v, 1]``.
+        box: ``(B, 4)`` the box actually cut, ``[x0, y0, x1, y1]`` edges in image pixels.
+        K: ``(B, 3, 3)`` intrinsics of the crops (``transform @ K``), or None if no K was given.
+    """
+
+    image: torch.Tensor
+    transform: torch.Tensor
+    box: torch.Tensor
+    K: torch.Tensor | None
+
+
+def full_image_box(height: int, width: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``(4,)`` box of a whole ``H x W`` image: ``[-0.5, -0.5, W - 0.5, H - 0.5]``."""
+    return torch.tensor([-0.5, -0.5, width - 0.5, height - 0.5], dtype=dtype, device=device)
+
+
+def _check_boxes(box: torch.Tensor) -> None:
+    if not isinstance(box, torch.Tensor) or box.shape[-1:] != (4,):
+        shape = tuple(box.shape) if isinstance(box, torch.Tensor) else type(box).__name__
+        raise ValueError(f"box must have shape (..., 4) as [x0, y0, x1, y1], got {shape}")
+    if not torch.isfinite(box).all():
+        raise ValueError(f"box must be finite, got {box.tolist()}")
+    if ((box[..., 2] <= box[..., 0]) | (box[..., 3] <= box[..., 1])).any():
+        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {box.tolist()}")
+
+
+def square_box(box: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
+    """Grow ``(..., 4)`` boxes to squares about their centres, side = padding * longer side.
+
+    >>> square_box(torch.tensor([0.0, 0.0, 10.0, 4.0]), padding=2.0).tolist()
+    [-5.0, -8.0, 15.0, 12.0]
+    """
+    _check_boxes(box)
+    if not padding > 0:
+        raise ValueError(f"padding must be > 0, got {padding}")
+    centre = (box[..., :2] + box[..., 2:]) / 2
+    half = (box[..., 2:] - box[..., :2]).amax(-1, keepdim=True) * (padding / 2)
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def box_from_keypoints(
+    joints2d: torch.Tensor,
+    visible: torch.Tensor | None = None,
+    padding: float = DEFAULT_BOX_PADDING,
+    min_size: float = 8.0,
+) -> torch.Tensor:
+    """Square box around the (visible) keypoints: centred on their extent, side =
+    ``padding`` times the extent's longer side (at least ``min_size`` pixels).
+
+    Args:
+        joints2d: ``(..., N, 2)`` pixels ``(u, v)``.
+        visible: ``(..., N)`` bool, keypoints to use (default all).
+        padding: side / keypoint extent.
+        min_size: smallest side in pixels (keeps a box for a single or collapsed keypoint set).
+
+    Returns:
+        ``(..., 4)`` boxes ``[x0, y0, x1, y1]``.
+
+    Raises:
+        ValueError: a sample has no usable (visible) keypoint.
+    """
+    if joints2d.ndim < 2 or joints2d.shape[-1] != 2:
+        raise ValueError(f"joints2d must have shape (..., N, 2), got {tuple(joints2d.shape)}")
+    if visible is None:
+        visible = torch.ones(joints2d.shape[:-1], dtype=torch.bool, device=joints2d.device)
+    visible = visible.bool()
+    if visible.shape != joints2d.shape[:-1]:
+        raise ValueError(f"visible must have shape {tuple(joints2d.shape[:-1])}, got {tuple(visible.shape)}")
+    if not visible.any(-1).all():
+        raise ValueError("box_from_keypoints: a sample has no visible keypoint to put a box around")
+    inf = torch.finfo(joints2d.dtype).max
+    low = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, inf)).amin(-2)
+    high = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, -inf)).amax(-2)
+    centre = (low + high) / 2
+    half = ((high - low).amax(-1, keepdim=True) * padding).clamp(min=min_size) / 2
+    return torch.cat([centre - half, centre + half], -1)
+
+
+def crop_transform(box: torch.Tensor, output_size: int | tuple[int, int] = DEFAULT_CROP_SIZE) -> torch.Tensor:
+    """Pixel affine that maps box ``(..., 4)`` onto an output of ``output_size`` (``S`` or ``(S_h, S_w)``).
+
+    Returns ``(..., 3, 3)``: ``[[s_x, 0, -x0 s_x - 0.5], [0, s_y, -y0 s_y - 0.5], [0, 0, 1]]``
+    with ``s_x = S_w / (x1 - x0)``, ``s_y = S_h / (y1 - y0)``.
+
+    >>> crop_transform(torch.tensor([-0.5, -0.5, 9.5, 9.5]), 5)[0].tolist()
+    [0.5, 0.0, -0.25]
+    """
+    _check_boxes(box)
+    out_h, out_w = _output_hw(output_size)
+    scale_x = out_w / (box[..., 2] - box[..., 0])
+    scale_y = out_h / (box[..., 3] - box[..., 1])
+    transform = torch.zeros(*box.shape[:-1], 3, 3, dtype=box.dtype, device=box.device)
+    transform[..., 0, 0] = scale_x
+    transform[..., 0, 2] = -box[..., 0] * scale_x - 0.5
+    transform[..., 1, 1] = scale_y
+    transform[..., 1, 2] = -box[..., 1] * scale_y - 0.5
+    transform[..., 2, 2] = 1.0
+    return transform
+
+
+def transform_points(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """Apply a ``(..., 3, 3)`` pixel affine to ``(..., N, 2)`` points -> ``(..., N, 2)``."""
+    if points.shape[-1] != 2:
+        raise ValueError(f"points must have shape (..., N, 2), got {tuple(points.shape)}")
+    transform = transform.to(points)
+    return torch.einsum("...ij,...nj->...ni", transform[..., :2, :2], points) + transform[..., None, :2, 2]
+
+
+def transform_intrinsics(K: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """Intrinsics ``(..., 3, 3)`` of the image after a pixel affine ``transform``: ``transform @ K``."""
+    if K.shape[-2:] != (3, 3):
+        raise ValueError(f"K must have shape (..., 3, 3), got {tuple(K.shape)}")
+    return transform.to(K) @ K
+
+
+def _output_hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        out_h = out_w = output_size
+    else:
+        out_h, out_w = (int(s) for s in output_size)
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"output_size must be positive, got {output_size}")
+    return out_h, out_w
+
+
+def _crop_one(
+    image: torch.Tensor, transform: torch.Tensor, out_hw: tuple[int, int], antialias: bool, mode: str
+) -> torch.Tensor:
+    """Warp one ``(C, H, W)`` image with a ``(3, 3)`` image->crop affine into ``(C, S_h, S_w)``."""
+    from kornia.geometry.transform import warp_affine
+
+    channels, height, width = image.shape
+    out_h, out_w = out_hw
+    inverse = torch.linalg.inv(transform.double())
+    # Source region the output covers (its four corners mapped back), plus a blur margin.
+    corners = torch.tensor(
+        [[-0.5, -0.5, 1.0], [out_w - 0.5, -0.5, 1.0], [-0.5, out_h - 0.5, 1.0], [out_w - 0.5, out_h - 0.5, 1.0]],
+        dtype=torch.float64,
+        device=transform.device,
+    )
+    source = corners @ inverse.T
+    scale = float(torch.sqrt(torch.abs(torch.linalg.det(transform.double()[:2, :2]))))
+    sigma = (1.0 / scale - 1.0) / 2.0 if (antialias and scale < _ANTIALIAS_BELOW_SCALE) else 0.0
+    margin = gaussian_radius(sigma) + 2 if sigma > 0 else 2
+    col0 = max(0, math.floor(float(source[:, 0].min())) - margin)
+    col1 = min(width, math.ceil(float(source[:, 0].max())) + margin + 1)
+    row0 = max(0, math.floor(float(source[:, 1].min())) - margin)
+    row1 = min(height, math.ceil(float(source[:, 1].max())) + margin + 1)
+    if col1 <= col0 or row1 <= row0:  # the box lies wholly outside the image
+        return image.new_zeros(channels, out_h, out_w)
+    window = image[None, :, row0:row1, col0:col1]
+    if sigma > 0:
+        window = gaussian_blur(window, sigma)
+    offset = torch.eye(3, dtype=transform.dtype, device=transform.device)
+    offset[0, 2], offset[1, 2] = col0, row0
+    window_to_crop = (transform @ offset).to(image.dtype)
+    return warp_affine(
+        window, window_to_crop[None, :2], (out_h, out_w), mode=mode, padding_mode="zeros", align_corners=True
+    )[0]
+
+
+def crop_image(
+    image: torch.Tensor,
+    box: torch.Tensor,
+    output_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
+    K: torch.Tensor | None = None,
+    *,
+    square: bool = True,
+    antialias: bool = True,
+    mode: str = "bilinear",
+) -> CropResult:
+    """Cut ``box`` out of ``image`` and resize it to ``output_size``.
+
+    Args:
+        image: ``(B, C, H, W)`` or ``(C, H, W)``, any size, any channels (RGB, masks).
+        box: ``(B, 4)`` or ``(4,)`` ``[x0, y0, x1, y1]`` edges in image pixels (may reach
+            outside the image: the outside reads as zeros).
+        output_size: ``S`` or ``(S_h, S_w)``.
+        K: ``(B, 3, 3)`` or ``(3, 3)`` intrinsics of ``image`` (optional). For a photo whose
+            camera is unknown, leave it out and use
+            :func:`meshrec.geometry.camera.default_intrinsics` ``(output_size)`` as the crop's K.
+        square: first grow the box to a square about its centre (with a square output this
+            keeps pixels square, so ``fx == fy`` stays true).
+        antialias: blur before downscaling (see the module docstring).
+        mode: ``'bilinear'`` or ``'nearest'``.
+
+    Returns:
+        :class:`CropResult` (image batched like the input; transform, box, K batched).
+        Map crop pixels back to the image with
+        ``transform_points(points, torch.linalg.inv(result.transform))``.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
+        raise ValueError(f"image must be (B, C, H, W) or (C, H, W), got {getattr(image, 'shape', type(image))}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a floating point tensor (e.g. RGB in [0, 1]), got {image.dtype}")
+    unbatched = image.ndim == 3
+    images = image[None] if unbatched else image
+    batch = images.shape[0]
+    box = torch.as_tensor(
+        box, dtype=torch.float64 if images.dtype == torch.float64 else torch.float32, device=images.device
+    )
+    boxes = box.expand(batch, 4) if box.ndim == 1 else box
+    if boxes.shape != (batch, 4):
+        raise ValueError(f"box must have shape ({batch}, 4) or (4,), got {tuple(box.shape)}")
+    if square:
+        boxes = square_box(boxes)
+    out_hw = _output_hw(output_size)
+    transforms = crop_transform(boxes, out_hw)
+    crops = torch.stack([_crop_one(images[b], transforms[b], out_hw, antialias, mode) for b in range(batch)])
+    K_crop = None
+    if K is not None:
+        K = torch.as_tensor(K)
+        K_batched = K.expand(batch, 3, 3) if K.ndim == 2 else K
+        if K_batched.shape != (batch, 3, 3):
+            raise ValueError(f"K must have shape ({batch}, 3, 3) or (3, 3), got {tuple(K.shape)}")
+        K_crop = transform_intrinsics(K_batched, transforms)
+    return CropResult(image=crops[0] if unbatched else crops, transform=transforms, box=boxes, K=K_crop)
+
+
+def crop_sample(
+    sample: HandSample,
+    output_size: int = DEFAULT_CROP_SIZE,
+    box: torch.Tensor | None = None,
+    padding: float = DEFAULT_BOX_PADDING,
+) -> HandSample:
+    """Crop a :class:`HandSample` around its hand and resize it to ``output_size``.
+
+    The box is, in order of preference: ``box`` (grown to a square, times ``padding``),
+    the visible 2D keypoints' extent (times ``padding``), the whole image (``padding``
+    ignored). Image and mask are warped, ``joints2d`` mapped, ``K`` updated; 3D labels are
+    unchanged (cropping moves the image, not the camera's centre).
+
+    Raises:
+        DatasetError: the box is invalid (message names the sample's source and index).
+    """
+    height, width = sample.image_size
+    try:
+        if box is not None:
+            crop_box = square_box(torch.as_tensor(box, dtype=torch.float32), padding)
+        elif sample.has_joints2d and bool(sample.joints2d_visible.any()):
+            crop_box = box_from_keypoints(sample.joints2d, sample.joints2d_visible, padding)
+        else:
+            crop_box = full_image_box(height, width)
+        result = crop_image(sample.image, crop_box, output_size, sample.K)
+    except ValueError as error:
+        raise DatasetError(
+            f"{sample.source} (index {sample.index}): cannot crop: {error}", path=sample.source, index=sample.index
+        ) from None
+    transform = result.transform[0]
+    mask = crop_image(sample.mask, result.box[0], output_size, square=False).image if sample.has_mask else None
+    joints2d = transform_points(sample.joints2d, transform) if sample.has_joints2d else sample.joints2d
+    return HandSample(
+        image=result.image,
+        K=result.K[0],
+        joints2d=joints2d,
+        joints2d_visible=sample.joints2d_visible,
+        joints3d=sample.joints3d,
+        vertices=sample.vertices,
+        mano_pose=sample.mano_pose,
+        mano_betas=sample.mano_betas,
+        mask=mask if mask is not None else sample.mask.new_zeros(1, *result.image.shape[-2:]),
+        side=sample.side,
+        has_mesh=sample.has_mesh,
+        has_joints3d=sample.has_joints3d,
+        has_joints2d=sample.has_joints2d,
+        has_mano=sample.has_mano,
+        has_mask=sample.has_mask,
+        index=sample.index,
+        source=sample.source,
+    )
