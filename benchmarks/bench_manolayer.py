@@ -1,6 +1,6 @@
 """Forward time of manolayer.ManoLayer vs smplx.MANO on the same MANO-format arrays.
 
-Usage: python benchmarks/bench_manolayer.py [--repeats 200] [--threads 2]
+Usage: python benchmarks/bench_manolayer.py [--repeats 1000] [--threads 2]
 
 Both layers get a random 778-vertex model with pose correctives (the official file's
 shapes), float32 on the CPU, axis-angle input without PCA, and the same random inputs.
@@ -19,15 +19,20 @@ import torch
 
 
 
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(max(3, repeats // 10)):
-        fn()
-    times = []
+def interleaved_medians_ms(first, second, repeats: int) -> tuple[float, float]:
+    """Median time of each callable, alternating them call by call so that both see the
+    same machine load (this CPU is shared; sequential blocks drift by 2x)."""
+    for _ in range(max(5, repeats // 10)):
+        first(), second()
+    times_first, times_second = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        first()
+        middle = time.perf_counter()
+        second()
+        times_first.append(middle - start)
+        times_second.append(time.perf_counter() - middle)
+    return statistics.median(times_first) * 1e3, statistics.median(times_second) * 1e3
 
 
 def main() -> None:
@@ -38,7 +43,7 @@ def main() -> None:
     from manolayer.io import ManoModel, _model_from_arrays
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024])
     args = parser.parse_args()
@@ -51,7 +56,7 @@ def main() -> None:
         struct = smplx.utils.Struct(**{**arrays, "J_regressor": model.J_regressor, "shapedirs": model.shapedirs})
         theirs = smplx.MANO(model_path=folder, data_struct=struct, use_pca=False, flat_hand_mean=False)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU, median of {args.repeats} runs")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 CPU, interleaved medians of {args.repeats} runs (batch >= 512: a fifth)")
     print(f"| batch | smplx.MANO (ms) | ManoLayer (ms) | speed-up | max |diff| (m) |")
     print(f"|---:|---:|---:|---:|---:|")
     generator = torch.Generator().manual_seed(0)
@@ -64,8 +69,7 @@ def main() -> None:
         )
         repeats = args.repeats if batch < 512 else max(20, args.repeats // 5)
         with torch.inference_mode():
-            theirs_ms = median_ms(lambda: theirs(**inputs), repeats)
-            ours_ms = median_ms(lambda: ours(**inputs), repeats)
+            theirs_ms, ours_ms = interleaved_medians_ms(lambda: theirs(**inputs), lambda: ours(**inputs), repeats)
             diff = max(
                 (ours(**inputs).vertices - theirs(**inputs).vertices).abs().max().item(),
                 (ours(**inputs).mano_joints - theirs(**inputs).joints).abs().max().item(),

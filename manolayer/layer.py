@@ -8,6 +8,7 @@ sized by the batch.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -19,8 +20,8 @@ from torch import nn
 from manolayer.errors import ManoError, PoseInputError
 from manolayer.io import ManoModel, load_mano
 from manolayer.joints import MANO21_TO_OPENPOSE
-from manolayer.lbs import KinematicPlan, forward_kinematics, skin_vertices
-from manolayer.rotations import axis_angle_to_matrix, rot6d_to_matrix
+from manolayer.lbs import KinematicPlan, RodriguesConstants, axis_angle_to_homogeneous, compose_levels, skin_homogeneous
+from manolayer.rotations import rot6d_to_matrix
 
 PoseFormat = Literal["axis_angle", "rot6d", "rotmat"]
 _FORMAT_WIDTH = {"axis_angle": (3,), "rot6d": (6,), "rotmat": (3, 3)}
@@ -35,8 +36,6 @@ class ManoOutput:
         joints: (B, 21, 3) keypoints in OpenPose / FreiHAND order (16 joints + 5 fingertip vertices).
         mano_joints: (B, 16, 3) joints in MANO order (``joints`` without fingertips, reordered).
         global_rotations: (B, 16, 3, 3) orientation of each MANO joint's frame in the world.
-        local_rotations: (B, 16, 3, 3) the pose that was applied, as rotation matrices
-            (joint 0 the global orientation, then the 15 hand joints relative to their parents).
         betas: (B, S) the shape coefficients used (zero-padded to the model's S).
     """
 
@@ -44,7 +43,6 @@ class ManoOutput:
     joints: torch.Tensor
     mano_joints: torch.Tensor
     global_rotations: torch.Tensor
-    local_rotations: torch.Tensor
     betas: torch.Tensor
 
     @property
@@ -127,28 +125,17 @@ class ManoLayer(nn.Module):
         def buffer(name: str, array: np.ndarray, as_dtype: torch.dtype = dtype) -> None:
             self.register_buffer(name, torch.as_tensor(np.ascontiguousarray(array), dtype=as_dtype), persistent=False)
 
-        # Vertices and joints are linear in (betas, pose feature): one matrix gives both, so
-        # the blend shapes and the joint regression cost a single matmul per call.
-        joint_shapedirs = np.einsum("jv,vcs->jcs", model.J_regressor, model.shapedirs)
-        has_correctives = bool(model.posedirs.any())
-        shape_rows = np.concatenate([model.shapedirs.reshape(-1, model.num_betas), joint_shapedirs.reshape(-1, model.num_betas)]).T
-        rows = [shape_rows]
-        if has_correctives:
-            joint_pose_zeros = np.zeros((model.num_joints * 3, model.posedirs.shape[2]))
-            rows.append(np.concatenate([model.posedirs.reshape(-1, model.posedirs.shape[2]), joint_pose_zeros]).T)
-        buffer("blend_matrix", np.concatenate(rows))  # (S [+ P], 3V + 3J)
-        buffer("blend_offset", np.concatenate([model.v_template.ravel(), model.rest_joints.ravel()]))
-        buffer("v_template", model.v_template)
-        buffer("weights", model.weights)
-        buffer("faces", model.faces, torch.long)
-        buffer("fingertip_ids", tips, torch.long)
-        buffer("openpose_order", np.asarray(MANO21_TO_OPENPOSE), torch.long)
-        mean = np.zeros(num_pose) if flat_hand_mean else model.hands_mean
-        buffer("hand_mean", mean)
-        if use_pca:
-            buffer("pca_components", model.hands_components[:num_pca_comps])
-        self.has_pose_correctives = has_correctives
         self.plan = KinematicPlan.from_parents(model.parents.tolist())
+        self.has_pose_correctives = bool(model.posedirs.any())
+        arrays = _level_order_arrays(model, self.plan, tips, use_pca, num_pca_comps, flat_hand_mean)
+        for name, array in arrays.items():
+            buffer(name, array, torch.long if np.issubdtype(array.dtype, np.integer) else dtype)
+        rodrigues = RodriguesConstants.create(torch.float64)
+        buffer("rodrigues_skew", rodrigues.skew.numpy())
+        buffer("rodrigues_diagonal", rodrigues.diagonal.numpy())
+        buffer("rodrigues_corner", rodrigues.corner.numpy())
+        buffer("rodrigues_pad", rodrigues.pad.numpy())
+        buffer("faces", model.faces, torch.long)
 
     @property
     def num_betas(self) -> int:
@@ -160,7 +147,7 @@ class ManoLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):  # keep the index plan on the buffers' device
         super()._apply(fn, recurse)
-        self.plan = self.plan.to(self.v_template.device)
+        self.plan = self.plan.to(self.blend_offset.device)
         return self
 
     def extra_repr(self) -> str:
@@ -201,7 +188,7 @@ class ManoLayer(nn.Module):
                 "build the layer with use_pca=False"
             )
         given = [t for t in (global_orient, hand_pose, betas, transl) if t is not None]
-        like = given[0] if given else self.v_template
+        like = given[0] if given else self.blend_offset
         batch = like.shape[0] if given else 1
         dtype, device = like.dtype, like.device
         if not dtype.is_floating_point:
@@ -209,71 +196,80 @@ class ManoLayer(nn.Module):
         if self.validate:
             self._check_inputs(global_orient, hand_pose, betas, transl, batch, pose_format)
 
-        buffers = self._buffers_as(dtype, device)
-        rotations = self._local_rotations(global_orient, hand_pose, batch, pose_format, buffers, dtype, device)
+        b = self._buffers_as(dtype, device)
+        plan = self.plan if device == self.blend_offset.device else self.plan.to(device)
+        rotations = self._homogeneous_rotations(global_orient, hand_pose, batch, pose_format, b)  # (B, J, 16)
         betas = self._padded_betas(betas, batch, dtype, device)
 
-        coefficients = betas
+        # one matmul gives the shaped vertices, each joint's offset from its parent and each
+        # joint's inverse rest transform (all linear in betas); a second adds pose correctives
+        blended = torch.addmm(b["blend_offset"], betas, b["blend_matrix"])
+        num_coords, num_joints = 3 * self.num_vertices, self.model.num_joints
+        v_shaped = blended[:, :num_coords]  # coordinate-major: x of all vertices, then y, then z
         if self.has_pose_correctives:
-            eye = torch.eye(3, dtype=dtype, device=device)
-            coefficients = torch.cat([betas, (rotations[:, 1:] - eye).flatten(1)], 1)
-        blended = torch.addmm(buffers["blend_offset"], coefficients, buffers["blend_matrix"])
-        num_coords = 3 * self.num_vertices
-        v_shaped = blended[:, :num_coords].view(batch, -1, 3)
-        rest_joints = blended[:, num_coords:].view(batch, -1, 3)
+            feature = rotations.flatten(1).index_select(1, b["pose_feature_index"])
+            v_shaped = torch.addmm(v_shaped, feature, b["pose_matrix"])
+        local = (rotations + blended[:, num_coords : num_coords + 16 * num_joints].view(batch, num_joints, 16))
+        rest_inverse = blended[:, num_coords + 16 * num_joints :].view(batch, num_joints, 4, 4)
 
-        plan = self.plan if device == self.v_template.device else self.plan.to(device)
-        global_rot, posed_joints = forward_kinematics(rotations, rest_joints, plan)
-        vertices = skin_vertices(v_shaped, buffers["weights"], global_rot, posed_joints, rest_joints)
+        global_lv = compose_levels(local.view(batch, num_joints, 4, 4), plan)
+        vertices = skin_homogeneous(v_shaped.view(batch, 3, -1), b["weights_by_joint"], global_lv, rest_inverse)
+        posed_lv = global_lv[..., :3, 3]
         if transl is not None:
             vertices = vertices + transl.unsqueeze(1)
-            posed_joints = posed_joints + transl.unsqueeze(1)
-        if self.validate and not torch.isfinite(vertices.sum()):
+            posed_lv = posed_lv + transl.unsqueeze(1)
+        if self.validate and not math.isfinite(vertices.sum().item()):
             self._raise_non_finite(global_orient, hand_pose, betas, transl)
-        tips = vertices[:, buffers["fingertip_ids"]]
-        joints21 = torch.cat([posed_joints, tips], 1)[:, buffers["openpose_order"]]
+        tips = vertices.index_select(1, b["fingertip_ids"])
+        joints21 = torch.cat([posed_lv, tips], 1).index_select(1, b["openpose_from_level_order"])
+        to_joint_order = plan.to_joint_order
         return ManoOutput(
             vertices=vertices,
             joints=joints21,
-            mano_joints=posed_joints,
-            global_rotations=global_rot,
-            local_rotations=rotations,
+            mano_joints=posed_lv.index_select(1, to_joint_order),
+            global_rotations=global_lv.index_select(1, to_joint_order)[..., :3, :3],
             betas=betas,
         )
 
     # ------------------------------------------------------------------ helpers
 
     def _buffers_as(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        if self.v_template.dtype == dtype and self.v_template.device == device:
+        if self.blend_offset.dtype == dtype and self.blend_offset.device == device:
             return self._buffers  # type: ignore[return-value]
         return {
             name: b.to(device=device, dtype=dtype if b.is_floating_point() else b.dtype)
             for name, b in self._buffers.items()
         }
 
-    def _local_rotations(self, global_orient, hand_pose, batch, pose_format, buffers, dtype, device) -> torch.Tensor:
+    def _homogeneous_rotations(self, global_orient, hand_pose, batch, pose_format, b) -> torch.Tensor:
+        """(B, J, 16) local rotations as flattened 4x4 matrices, joints in level order."""
+        dtype, device = b["blend_offset"].dtype, b["blend_offset"].device
         num_hand = self.model.num_joints - 1
         if pose_format == "axis_angle":
             root = global_orient if global_orient is not None else torch.zeros(batch, 3, dtype=dtype, device=device)
             if hand_pose is None:
-                hand = buffers["hand_mean"].expand(batch, -1)
+                hand = b["hand_mean_level_order"].expand(batch, -1)
             elif self.use_pca:
-                hand = torch.addmm(buffers["hand_mean"], hand_pose, buffers["pca_components"])
-            elif self.flat_hand_mean:
-                hand = hand_pose.reshape(batch, -1)
+                hand = torch.addmm(b["hand_mean_level_order"], hand_pose, b["pca_components_level_order"])
             else:
-                hand = hand_pose.reshape(batch, -1) + buffers["hand_mean"]
-            axis_angle = torch.cat([root.reshape(batch, 3), hand.reshape(batch, -1)], 1).view(batch, -1, 3)
-            return axis_angle_to_matrix(axis_angle)
-        eye = torch.eye(3, dtype=dtype, device=device)
-        to_matrix = rot6d_to_matrix if pose_format == "rot6d" else (lambda m: m)
+                hand = hand_pose.reshape(batch, num_hand, 3).index_select(1, b["hand_to_level_order"])
+                if not self.flat_hand_mean:
+                    hand = hand + b["hand_mean_level_order"].view(num_hand, 3)
+            axis_angle = torch.cat([root.reshape(batch, 1, 3), hand.reshape(batch, num_hand, 3)], 1)
+            constants = RodriguesConstants(b["rodrigues_skew"], b["rodrigues_diagonal"], b["rodrigues_corner"], b["rodrigues_pad"])
+            return axis_angle_to_homogeneous(axis_angle, constants)
         width = _FORMAT_WIDTH[pose_format]
+        to_matrix = rot6d_to_matrix if pose_format == "rot6d" else (lambda m: m)
+        eye = torch.eye(3, dtype=dtype, device=device)
         root = eye.expand(batch, 1, 3, 3) if global_orient is None else to_matrix(global_orient.reshape(batch, 1, *width))
         if hand_pose is None:
-            hand = axis_angle_to_matrix(buffers["hand_mean"].view(1, num_hand, 3)).expand(batch, -1, -1, -1)
+            mean = b["hand_mean_level_order"].view(1, num_hand, 3)
+            constants = RodriguesConstants(b["rodrigues_skew"], b["rodrigues_diagonal"], b["rodrigues_corner"], b["rodrigues_pad"])
+            hand = axis_angle_to_homogeneous(mean, constants).view(1, num_hand, 4, 4)[..., :3, :3].expand(batch, -1, -1, -1)
         else:
-            hand = to_matrix(hand_pose.reshape(batch, num_hand, *width))
-        return torch.cat([root, hand], 1)
+            hand = to_matrix(hand_pose.reshape(batch, num_hand, *width)).index_select(1, b["hand_to_level_order"])
+        matrices = torch.nn.functional.pad(torch.cat([root, hand], 1), (0, 1, 0, 1))
+        return matrices.flatten(2) + b["rodrigues_corner"]
 
     def _padded_betas(self, betas, batch, dtype, device) -> torch.Tensor:
         if betas is None:
@@ -314,3 +310,66 @@ class ManoLayer(nn.Module):
             if tensor is not None and not torch.isfinite(tensor).all():
                 raise PoseInputError(f"{name} contains NaN or Inf; check the network or data that produced it")
         raise PoseInputError("the posed mesh is not finite: an input is too large (overflow); check its scale")
+
+
+def _level_order_arrays(
+    model: ManoModel,
+    plan: KinematicPlan,
+    fingertip_ids: np.ndarray,
+    use_pca: bool,
+    num_pca_comps: int,
+    flat_hand_mean: bool,
+) -> dict[str, np.ndarray]:
+    """Everything ``ManoLayer.forward`` needs, precomputed in float64 with joints in level order.
+
+    The blend matrix has one row per shape coefficient and the columns ``[3V vertex coordinates
+    (coordinate-major: all x, all y, all z) | 16J local offsets | 16J inverse rest transforms]``:
+    a joint's offset from its parent and its inverse rest transform ``[I | -J_j]`` are linear in
+    the betas, because the joints are. Pose correctives get their own (9(J-1), 3V) matrix.
+    """
+    level = plan.to_level_order.numpy()
+    position = plan.to_joint_order.numpy()  # position[j] = where joint j sits in level order
+    num_j, num_v, num_betas = model.num_joints, model.num_vertices, model.num_betas
+    num_hand = num_j - 1
+
+    joints = model.rest_joints  # (J, 3)
+    joint_dirs = np.einsum("jv,vcs->jcs", model.J_regressor, model.shapedirs)  # (J, 3, S)
+    parents = model.parents
+    offsets = joints - np.where(parents[:, None] >= 0, joints[np.maximum(parents, 0)], 0.0)
+    offset_dirs = joint_dirs - np.where(parents[:, None, None] >= 0, joint_dirs[np.maximum(parents, 0)], 0.0)
+
+    def as_4x4_column(values: np.ndarray) -> np.ndarray:  # (J, 3, ...) -> (J, 16, ...) in column 3
+        out = np.zeros((num_j, 16) + values.shape[2:])
+        out[:, [3, 7, 11]] = values
+        return out
+
+    identity = np.tile(np.eye(4).ravel(), (num_j, 1))
+    offset_rows = np.concatenate([model.shapedirs.transpose(1, 0, 2).reshape(3 * num_v, num_betas),
+                                  as_4x4_column(offset_dirs[level]).reshape(16 * num_j, num_betas),
+                                  -as_4x4_column(joint_dirs[level]).reshape(16 * num_j, num_betas)]).T  # fmt: skip
+    bias = np.concatenate([model.v_template.T.ravel(), as_4x4_column(offsets[level]).ravel(),
+                           (identity - as_4x4_column(joints[level])).ravel()])  # fmt: skip
+    arrays: dict[str, np.ndarray] = {}
+    if model.posedirs.any():
+        # feature 9 (j - 1) + 3 r + c is entry (r, c) of joint j's rotation, taken from the
+        # (B, J, 16) homogeneous rotations; "- I" of MANO's (R - I) feature moves into the bias
+        posedirs = model.posedirs.transpose(1, 0, 2).reshape(3 * num_v, 9 * num_hand)
+        feature_index = [position[j] * 16 + 4 * r + c for j in range(1, num_j) for r in range(3) for c in range(3)]
+        bias[: 3 * num_v] -= posedirs @ np.tile(np.eye(3).ravel(), num_hand)
+        arrays["pose_matrix"] = posedirs.T
+        arrays["pose_feature_index"] = np.asarray(feature_index, dtype=np.int64)
+    arrays["blend_matrix"] = offset_rows
+    arrays["blend_offset"] = bias
+    arrays["weights_by_joint"] = model.weights[:, level].T  # (J, V), rows in level order
+    arrays["fingertip_ids"] = fingertip_ids
+    mano21 = np.asarray(MANO21_TO_OPENPOSE)
+    arrays["openpose_from_level_order"] = np.where(mano21 < num_j, position[np.minimum(mano21, num_j - 1)], mano21)
+
+    hand_level = level[1:] - 1  # the hand joints (not the root) in level order, as 0..J-2
+    arrays["hand_to_level_order"] = hand_level.astype(np.int64)
+    mean = np.zeros(3 * num_hand) if flat_hand_mean else model.hands_mean
+    arrays["hand_mean_level_order"] = mean.reshape(num_hand, 3)[hand_level].ravel()
+    if use_pca:
+        components = model.hands_components[:num_pca_comps].reshape(num_pca_comps, num_hand, 3)
+        arrays["pca_components_level_order"] = components[:, hand_level].reshape(num_pca_comps, -1)
+    return arrays

@@ -100,54 +100,77 @@ class KinematicPlan:
         )
 
 
-def blend_shapes(coefficients: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Linear blend shapes.
+@dataclass(frozen=True)
+class RodriguesConstants:
+    """Constant tensors that let :func:`axis_angle_to_homogeneous` run in a few operations.
+
+    Attributes:
+        skew: (3, 16); ``w @ skew`` is the cross-product matrix ``[w]x`` in a 4x4 layout.
+        diagonal: (16,), ones on the 3x3 rotation block's diagonal.
+        corner: (16,), a one at entry (3, 3).
+        pad: (3, 4); ``w @ pad`` is ``(x, y, z, 0)``.
+    """
+
+    skew: torch.Tensor
+    diagonal: torch.Tensor
+    corner: torch.Tensor
+    pad: torch.Tensor
+
+    @staticmethod
+    def create(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> "RodriguesConstants":
+        skew = torch.zeros(3, 4, 4, dtype=dtype, device=device)
+        # [w]x = [[0, -z, y], [z, 0, -x], [-y, x, 0]]
+        skew[0, 2, 1], skew[0, 1, 2] = 1, -1
+        skew[1, 0, 2], skew[1, 2, 0] = 1, -1
+        skew[2, 1, 0], skew[2, 0, 1] = 1, -1
+        diagonal = torch.zeros(4, 4, dtype=dtype, device=device)
+        diagonal[[0, 1, 2], [0, 1, 2]] = 1
+        corner = torch.zeros(4, 4, dtype=dtype, device=device)
+        corner[3, 3] = 1
+        pad = torch.eye(3, 4, dtype=dtype, device=device)
+        return RodriguesConstants(skew.flatten(1), diagonal.flatten(), corner.flatten(), pad)
+
+
+# Smaller angles are clamped to this: the coefficients are then at their limits (1, 1/2) and
+# nothing divides by zero; the norm's gradient at exactly 0 is taken as 0.
+_TINY_ANGLE = 1e-8
+
+
+def axis_angle_to_homogeneous(axis_angle: torch.Tensor, constants: RodriguesConstants) -> torch.Tensor:
+    """Rodrigues' formula straight into homogeneous 4x4 rotations, flattened.
 
     Args:
-        coefficients: (B, K) blend coefficients (betas, or a pose feature).
-        directions: (V, 3, K) per-vertex displacement per coefficient.
+        axis_angle: (..., 3) axis-angle.
+        constants: :class:`RodriguesConstants` in the input's dtype and device.
 
     Returns:
-        (B, V, 3) displacements: ``out[b, v, c] = sum_k directions[v, c, k] * coefficients[b, k]``.
+        (..., 16): the 4x4 matrix ``[[R, 0], [0, 1]]`` in row-major order, with
+        ``R = cos(t) I + sin(t)/t [w]x + (1 - cos(t))/t^2 w w^T``. The last coefficient loses
+        relative precision at tiny angles, but it multiplies ``w w^T`` (of size t^2), so the
+        absolute error stays at the dtype's epsilon. :func:`manolayer.rotations.axis_angle_to_matrix`
+        is the reference (tested to agree).
     """
-    num_v = directions.shape[0]
-    flat = directions.reshape(num_v * 3, -1)
-    return (coefficients @ flat.T).reshape(coefficients.shape[0], num_v, 3)
+    angle = torch.linalg.vector_norm(axis_angle, dim=-1, keepdim=True).clamp(min=_TINY_ANGLE)
+    cos = torch.cos(angle)
+    padded = axis_angle @ constants.pad  # (..., 4): (x, y, z, 0)
+    outer = (padded.unsqueeze(-1) * padded.unsqueeze(-2)).flatten(-2)
+    rotation = torch.addcmul(constants.corner, cos, constants.diagonal)
+    rotation = torch.addcmul(rotation, torch.sin(angle) / angle, axis_angle @ constants.skew)
+    return torch.addcmul(rotation, (1 - cos) / (angle * angle), outer)
 
 
-def pose_feature(rotations: torch.Tensor) -> torch.Tensor:
-    """(B, J, 3, 3) local rotations -> (B, 9 * (J - 1)) feature ``(R_j - I)`` of joints 1..J-1."""
-    eye = torch.eye(3, dtype=rotations.dtype, device=rotations.device)
-    return (rotations[:, 1:] - eye).flatten(1)
-
-
-def forward_kinematics(
-    rotations: torch.Tensor, joints: torch.Tensor, plan: KinematicPlan
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pose the skeleton, one tree level at a time.
-
-    Each joint's local transform is the 4x4 matrix ``[R_j | J_j - J_parent(j)]`` (the root:
-    ``[R_0 | J_0]``); a level's global transforms are its parents' global transforms times
-    its local ones, in one batched matmul.
+def compose_levels(local: torch.Tensor, plan: KinematicPlan) -> torch.Tensor:
+    """Global transforms from local ones, one tree level per batched matmul.
 
     Args:
-        rotations: (B, J, 3, 3) local rotation of each joint relative to its parent
-            (joint 0: the global orientation).
-        joints: (B, J, 3) rest joint positions.
+        local: (B, J, 4, 4) local transform of each joint *in level order*:
+            ``[R_j | J_j - J_parent(j)]`` over ``[0 0 0 1]`` (the root: ``[R_0 | J_0]``).
         plan: the tree's :class:`KinematicPlan`.
 
     Returns:
-        global_rotations: (B, J, 3, 3), ``global_rotations[b, j]`` orients joint j's frame in the world.
-        posed_joints: (B, J, 3), the position of each joint after posing.
+        (B, J, 4, 4) global transforms in level order: ``out[b, k]`` maps joint k's frame
+        (origin at the joint, axes as the world's at rest) to the posed world.
     """
-    batch, num_joints = joints.shape[:2]
-    joints_lv = joints[:, plan.to_level_order]
-    with_origin = torch.nn.functional.pad(joints_lv, (0, 0, 0, 1))  # row -1 is the origin, the root's "parent"
-    offsets = joints_lv - with_origin[:, plan.parents_level_order]
-    local = torch.cat([rotations[:, plan.to_level_order], offsets.unsqueeze(-1)], -1)  # (B, J, 3, 4)
-    bottom = joints.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(batch, num_joints, 1, 4)
-    local = torch.cat([local, bottom], -2)  # (B, J, 4, 4)
-
     start, stop = plan.level_bounds[0]
     levels = [local[:, start:stop]]
     for (start, stop), gather in zip(plan.level_bounds[1:], plan.parent_slices[1:]):
@@ -159,8 +182,63 @@ def forward_kinematics(
         else:
             parent = previous[:, gather]
         levels.append(parent @ local[:, start:stop])
-    global_lv = torch.cat(levels, 1)[:, plan.to_joint_order]
+    return torch.cat(levels, 1) if len(levels) > 1 else levels[0]
+
+
+def forward_kinematics(
+    rotations: torch.Tensor, joints: torch.Tensor, plan: KinematicPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pose the skeleton (joint order in and out); see :func:`compose_levels`.
+
+    Args:
+        rotations: (B, J, 3, 3) local rotation of each joint relative to its parent
+            (joint 0: the global orientation).
+        joints: (B, J, 3) rest joint positions.
+        plan: the tree's :class:`KinematicPlan`.
+
+    Returns:
+        global_rotations: (B, J, 3, 3), ``global_rotations[b, j]`` orients joint j's frame in the world.
+        posed_joints: (B, J, 3), the position of each joint after posing.
+    """
+    joints_lv = joints[:, plan.to_level_order]
+    with_origin = torch.nn.functional.pad(joints_lv, (0, 0, 0, 1))  # row -1 is the origin, the root's "parent"
+    offsets = joints_lv - with_origin[:, plan.parents_level_order]
+    local = torch.nn.functional.pad(torch.cat([rotations[:, plan.to_level_order], offsets.unsqueeze(-1)], -1), (0, 0, 0, 1))
+    local[..., 3, 3] = 1
+    global_lv = compose_levels(local, plan)[:, plan.to_joint_order]
     return global_lv[..., :3, :3], global_lv[..., :3, 3]
+
+
+def skin_homogeneous(
+    vertices_by_coordinate: torch.Tensor,
+    weights_by_joint: torch.Tensor,
+    global_transforms: torch.Tensor,
+    rest_inverse: torch.Tensor,
+) -> torch.Tensor:
+    """Linear blend skinning with 4x4 transforms.
+
+    Args:
+        vertices_by_coordinate: (B, 3, V) rest-pose vertices (blend shapes applied),
+            coordinate-major: ``[b, c, v]`` is coordinate c of vertex v.
+        weights_by_joint: (J, V) skinning weights (the transpose of MANO's ``weights``), rows in
+            the same joint order as the transforms.
+        global_transforms: (B, J, 4, 4) posed transform of each joint's frame.
+        rest_inverse: (B, J, 4, 4) the inverse rest transform of each joint, ``[I | -J_j^rest]``.
+
+    Returns:
+        (B, V, 3): ``v' = sum_j w_vj (G_j @ rest_inverse_j) [v, 1]``.
+    """
+    batch, _, num_v = vertices_by_coordinate.shape
+    num_j = weights_by_joint.shape[0]
+    relative = global_transforms[..., :3, :] @ rest_inverse  # (B, J, 3, 4)
+    # one (B*12, J) x (J, V) product, never a per-sample copy of the weights
+    by_entry = relative.flatten(2).transpose(1, 2).reshape(batch * 12, num_j)
+    blended = torch.mm(by_entry, weights_by_joint).view(batch, 3, 4, num_v)
+    x, y, z = vertices_by_coordinate.unsqueeze(1).unbind(2)  # each (B, 1, V)
+    posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], x)
+    posed = torch.addcmul(posed, blended[:, :, 1], y)
+    posed = torch.addcmul(posed, blended[:, :, 2], z)
+    return posed.transpose(1, 2).contiguous()
 
 
 def skin_vertices(
@@ -170,7 +248,7 @@ def skin_vertices(
     posed_joints: torch.Tensor,
     rest_joints: torch.Tensor,
 ) -> torch.Tensor:
-    """Linear blend skinning.
+    """Linear blend skinning from rotations and joint positions; see :func:`skin_homogeneous`.
 
     Args:
         vertices: (B, V, 3) rest-pose vertices (with shape and pose blend shapes applied).
@@ -181,11 +259,12 @@ def skin_vertices(
     Returns:
         (B, V, 3) posed vertices: ``sum_j w_vj (R_j (v - J_j^rest) + J_j^posed)``.
     """
-    translation = posed_joints - (global_rotations @ rest_joints.unsqueeze(-1)).squeeze(-1)
-    transforms = torch.cat([global_rotations.flatten(2), translation], dim=2)  # (B, J, 12)
-    blended = (weights @ transforms).unflatten(-1, (4, 3))  # (B, V, 4, 3): 3 rows of R, then t
-    rows = blended[:, :, :3]
-    return (rows * vertices.unsqueeze(-2)).sum(-1) + blended[:, :, 3]
+    eye = torch.eye(4, dtype=vertices.dtype, device=vertices.device)
+    transforms = torch.cat([global_rotations, posed_joints.unsqueeze(-1)], -1)
+    transforms = torch.cat([transforms, eye[3:].expand(*transforms.shape[:2], 1, 4)], -2)
+    rest_inverse = eye.repeat(*rest_joints.shape[:2], 1, 1)
+    rest_inverse[..., :3, 3] = -rest_joints
+    return skin_homogeneous(vertices.transpose(1, 2), weights.T, transforms, rest_inverse)
 
 
 def skin_vertices_reference(

@@ -14,6 +14,8 @@ from manolayer import ManoLayer, ManoModel, PoseInputError, load_mano, mirror_mo
 from manolayer.errors import ManoError
 from manolayer.lbs import (
     KinematicPlan,
+    RodriguesConstants,
+    axis_angle_to_homogeneous,
     forward_kinematics,
     forward_kinematics_reference,
     kinematic_levels,
@@ -251,6 +253,19 @@ def test_rotation_conversions_round_trip():
     zero = torch.zeros_like(x)
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).view(-1, 3, 3)
     torch.testing.assert_close(matrix, torch.linalg.matrix_exp(skew), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_homogeneous_rodrigues_matches_the_reference(dtype):
+    g = torch.Generator().manual_seed(3)
+    axis_angle = (torch.randn(300, 3, generator=g, dtype=F64) * torch.logspace(-9, 0.5, 300, dtype=F64)[:, None]).to(dtype)
+    axis_angle[0] = 0
+    homogeneous = axis_angle_to_homogeneous(axis_angle, RodriguesConstants.create(dtype)).view(-1, 4, 4)
+    reference = axis_angle_to_matrix(axis_angle)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(homogeneous[:, :3, :3], reference, atol=tolerance, rtol=0)
+    assert (homogeneous[:, 3] == torch.tensor([0.0, 0, 0, 1], dtype=dtype)).all() and (homogeneous[:, :3, 3] == 0).all()
+    assert (homogeneous[0, :3, :3] == torch.eye(3, dtype=dtype)).all()  # exactly identity at zero
 
 
 @pytest.mark.parametrize("pose_format", ["rot6d", "rotmat"])
