@@ -28,8 +28,10 @@ $(BIN)/.installed: pyproject.toml
 
 setup: system-deps $(BIN)/.installed
 
+# Until the reconstruction demo lands: describe the open hand and draw it in sampled poses.
 demo: setup
 	$(BIN)/meshrec mano-info
+	$(BIN)/meshrec render-hand --pose all --num 1 --seed 3 --out runs/demo/open_hand_poses.png
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -134,6 +134,8 @@ class RodriguesConstants:
 # Smaller angles are clamped to this: the coefficients are then at their limits (1, 1/2) and
 # nothing divides by zero; the norm's gradient at exactly 0 is taken as 0.
 _TINY_ANGLE = 1e-8
+# samples skinned together: their blended transforms (~37 kB each for 778 vertices) fit in cache
+_SKIN_CHUNK = 32
 
 
 def axis_angle_to_homogeneous(axis_angle: torch.Tensor, constants: RodriguesConstants) -> torch.Tensor:
@@ -231,13 +233,19 @@ def skin_homogeneous(
     batch, _, num_v = vertices_by_coordinate.shape
     num_j = weights_by_joint.shape[0]
     relative = global_transforms[..., :3, :] @ rest_inverse  # (B, J, 3, 4)
-    # one (B*12, J) x (J, V) product, never a per-sample copy of the weights
     by_entry = relative.flatten(2).transpose(1, 2).reshape(batch * 12, num_j)
-    blended = torch.mm(by_entry, weights_by_joint).view(batch, 3, 4, num_v)
-    x, y, z = vertices_by_coordinate.unsqueeze(1).unbind(2)  # each (B, 1, V)
-    posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], x)
-    posed = torch.addcmul(posed, blended[:, :, 1], y)
-    posed = torch.addcmul(posed, blended[:, :, 2], z)
+    # the blended transforms (12 numbers per vertex and sample) are made and used a chunk of
+    # samples at a time, so they stay in cache instead of streaming through memory twice
+    chunks = []
+    for start in range(0, batch, _SKIN_CHUNK):
+        stop = min(start + _SKIN_CHUNK, batch)
+        # one (b*12, J) x (J, V) product, never a per-sample copy of the weights
+        blended = torch.mm(by_entry[start * 12 : stop * 12], weights_by_joint).view(stop - start, 3, 4, num_v)
+        x, y, z = vertices_by_coordinate[start:stop].unsqueeze(1).unbind(2)  # each (b, 1, V)
+        posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], x)
+        posed = torch.addcmul(posed, blended[:, :, 1], y)
+        chunks.append(torch.addcmul(posed, blended[:, :, 2], z))
+    posed = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return posed.transpose(1, 2).contiguous()
 
 

@@ -634,7 +634,7 @@ def sample_poses(
         (n, 45) axis-angle per hand joint, MANO order, in the rest pose's world axes; every
         joint's anatomical angles lie within :data:`HAND_JOINT_LIMITS`.
 
-    >>> axes = hand_axes(_EXAMPLE_REST_JOINTS)
+    >>> axes = hand_axes(MANO_LIKE_REST_JOINTS)
     >>> sample_poses(4, seed=0, mode="fist", axes=axes).shape
     torch.Size([4, 45])
     """
@@ -728,8 +728,9 @@ def _complement_basis(basis: np.ndarray) -> np.ndarray:
     return np.array(extra).reshape(-1, basis.shape[1])
 
 
-# Approximate rest joints of a MANO-frame right hand (millimetre precision), for examples.
-_EXAMPLE_REST_JOINTS = np.array(
+# Approximate rest joints of a MANO-frame right hand (millimetre precision: fingers along -x,
+# palm facing -y, thumb on the +z side), for examples and tests without a model file.
+MANO_LIKE_REST_JOINTS = np.array(
     [
         [0.096, 0.006, 0.006],
         [0.008, 0.001, 0.027], [-0.025, 0.005, 0.029], [-0.047, 0.004, 0.029],

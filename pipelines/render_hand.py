@@ -46,10 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     from manolayer import ManoLayer, load_mano, mirror_model
     from manolayer.sampler import hand_axes, sample_poses
+    from meshrec.errors import MeshrecError
     from meshrec.viz import PALM_VIEW, THREE_QUARTER_VIEW, hand_gallery
 
     if args.num < 0 or (args.pose != "rest" and args.num == 0):
-        raise SystemExit(f"--num must be at least 1 for --pose {args.pose}, got {args.num}")
+        raise MeshrecError(f"--num must be at least 1 for --pose {args.pose}, got {args.num}")
     model = load_mano(args.model, side=args.side) if args.model is None else load_mano(args.model)
     if args.side is not None and model.side != args.side:
         model = mirror_model(model)  # e.g. a left hand from MANO_RIGHT.pkl

@@ -223,7 +223,7 @@ def test_kinematic_levels_of_mano():
 @pytest.mark.parametrize("parents", [[-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14], [-1, 0, 0, 1, 1, 2, 5, 3]])
 def test_level_parallel_kinematics_and_skinning_match_references(parents):
     g = torch.Generator().manual_seed(1)
-    batch, num_joints, num_v = 3, len(parents), 50
+    batch, num_joints, num_v = 40, len(parents), 50  # more samples than one skinning chunk
     rotations = axis_angle_to_matrix(torch.randn(batch, num_joints, 3, generator=g, dtype=F64))
     joints = torch.randn(batch, num_joints, 3, generator=g, dtype=F64)
     fast = forward_kinematics(rotations, joints, KinematicPlan.from_parents(parents))

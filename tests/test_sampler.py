@@ -13,18 +13,7 @@ from manolayer.errors import ManoError
 from manolayer.io import OPEN_HAND_PATH
 from manolayer.rotations import axis_angle_to_matrix
 
-# Approximate rest joints of a MANO-frame right hand, millimetre precision: fingers point
-# along -x, the palm faces -y, the thumb is on the +z side.
-MANO_LIKE_RIGHT = np.array(
-    [
-        [0.096, 0.006, 0.006],
-        [0.008, 0.001, 0.027], [-0.025, 0.005, 0.029], [-0.047, 0.004, 0.029],
-        [0.001, 0.005, 0.003], [-0.030, 0.007, -0.003], [-0.053, 0.006, -0.007],
-        [0.027, -0.004, -0.037], [0.010, -0.003, -0.050], [-0.006, -0.004, -0.060],
-        [0.014, 0.002, -0.020], [-0.014, 0.004, -0.026], [-0.038, 0.003, -0.033],
-        [0.072, -0.009, 0.032], [0.052, -0.008, 0.056], [0.030, -0.014, 0.070],
-    ]
-)  # fmt: skip
+MANO_LIKE_RIGHT = sampler.MANO_LIKE_REST_JOINTS
 MIRROR_X = np.array([-1.0, 1.0, 1.0])
 # MANO's rule for mirroring a right-hand pose to the left: (x, y, z) -> (x, -y, -z) per joint
 POSE_MIRROR = torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64).repeat(15)
