@@ -100,6 +100,7 @@ class ManoLayer(nn.Module):
         self.use_pca = use_pca
         self.flat_hand_mean = flat_hand_mean
         self.validate = validate
+        self._shape_cache: dict[str, dict[str, tuple[tuple[int, ...], ...]]] = {}
         num_pose = 3 * (model.num_joints - 1)
 
         tips = fingertip_ids if fingertip_ids is not None else model.fingertip_ids
@@ -171,8 +172,9 @@ class ManoLayer(nn.Module):
                 (B, 3, 3) matrix, by ``pose_format``; None means identity.
             hand_pose: the 15 hand joints: axis-angle (B, 45) or (B, 15, 3) — or
                 (B, num_pca_comps) PCA coefficients when ``use_pca`` — or (B, 90) /
-                (B, 15, 6) 6D, or (B, 15, 3, 3) matrices; None means the mean pose.
-                The mean pose and PCA apply to axis-angle input only.
+                (B, 15, 6) 6D, or (B, 15, 3, 3) matrices; None means the mean pose
+                (flat when ``flat_hand_mean``), in every format. Given poses get PCA and
+                the mean pose added in axis-angle only; 6D and matrices are absolute.
             betas: (B, S') shape coefficients with S' <= the model's S; missing ones are 0.
             transl: (B, 3) translation added to vertices and joints, or None.
             pose_format: 'axis_angle', 'rot6d' or 'rotmat' for both rotation inputs.
@@ -189,6 +191,8 @@ class ManoLayer(nn.Module):
             )
         given = [t for t in (global_orient, hand_pose, betas, transl) if t is not None]
         like = given[0] if given else self.blend_offset
+        if given and like.ndim == 0:
+            raise PoseInputError("inputs need a batch dimension, e.g. global_orient of shape (B, 3); got a scalar")
         batch = like.shape[0] if given else 1
         dtype, device = like.dtype, like.device
         if not dtype.is_floating_point:
@@ -278,30 +282,37 @@ class ManoLayer(nn.Module):
             return torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[1]))
         return betas
 
+    def _allowed_shapes(self, pose_format: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Accepted shapes of each input without the batch dimension (cached: this runs per call)."""
+        cached = self._shape_cache.get(pose_format)
+        if cached is None:
+            width = _FORMAT_WIDTH[pose_format]
+            num_hand = self.model.num_joints - 1
+            size = int(np.prod(width))
+            hand = ((self.num_pca_comps,),) if self.use_pca else ((num_hand * size,), (num_hand, *width))
+            root = ((3, 3), (1, 3, 3)) if pose_format == "rotmat" else ((size,), (1, *width))
+            cached = self._shape_cache[pose_format] = {"global_orient": root, "hand_pose": hand, "transl": ((3,),)}
+        return cached
+
     def _check_inputs(self, global_orient, hand_pose, betas, transl, batch, pose_format) -> None:
-        width = _FORMAT_WIDTH[pose_format]
-        num_hand = self.model.num_joints - 1
-        size = int(np.prod(width))
-        if self.use_pca:
-            hand_shapes = [(batch, self.num_pca_comps)]
-        else:
-            hand_shapes = [(batch, num_hand * size), (batch, num_hand, *width)]
-        root_shapes = [(batch, size), (batch, 1, *width)] if pose_format != "rotmat" else [(batch, 3, 3), (batch, 1, 3, 3)]
-        expectations = {
-            "global_orient": (global_orient, root_shapes),
-            "hand_pose": (hand_pose, hand_shapes),
-            "transl": (transl, [(batch, 3)]),
-        }
-        for name, (tensor, shapes) in expectations.items():
-            if tensor is not None and tuple(tensor.shape) not in shapes:
-                wanted = " or ".join(str(s) for s in shapes)
-                raise PoseInputError(f"{name} has shape {tuple(tensor.shape)}; expected {wanted} ({pose_format})")
-        if betas is not None and (betas.ndim != 2 or betas.shape[0] != batch or betas.shape[1] > self.num_betas):
-            raise PoseInputError(f"betas has shape {tuple(betas.shape)}; expected ({batch}, S) with S <= {self.num_betas}")
-        tensors = [t for t in (global_orient, hand_pose, betas, transl) if t is not None]
-        if len({(t.dtype, t.device) for t in tensors}) > 1:
-            found = ", ".join(f"{t.dtype} on {t.device}" for t in tensors)
-            raise PoseInputError(f"inputs must share one dtype and device, got {found}")
+        allowed = self._allowed_shapes(pose_format)
+        first = None
+        for name, tensor in (("global_orient", global_orient), ("hand_pose", hand_pose), ("transl", transl), ("betas", betas)):
+            if tensor is None:
+                continue
+            shape = tuple(tensor.shape)
+            if name == "betas":
+                if len(shape) != 2 or shape[0] != batch or shape[1] > self.num_betas:
+                    raise PoseInputError(f"betas has shape {shape}; expected ({batch}, S) with S <= {self.num_betas}")
+            elif not shape or shape[0] != batch or shape[1:] not in allowed[name]:
+                wanted = " or ".join(str((batch, *tail)) for tail in allowed[name])
+                raise PoseInputError(f"{name} has shape {shape}; expected {wanted} ({pose_format})")
+            if first is None:
+                first = tensor
+            elif tensor.dtype != first.dtype or tensor.device != first.device:
+                given = [t for t in (global_orient, hand_pose, betas, transl) if t is not None]
+                found = ", ".join(f"{t.dtype} on {t.device}" for t in given)
+                raise PoseInputError(f"inputs must share one dtype and device, got {found}")
 
     @staticmethod
     def _raise_non_finite(global_orient, hand_pose, betas, transl) -> None:
