@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -23,41 +23,56 @@ from manolayer.joints import MANO21_TO_OPENPOSE
 from manolayer.lbs import KinematicPlan, RodriguesConstants, axis_angle_to_homogeneous, compose_levels, skin_homogeneous
 from manolayer.rotations import rot6d_to_matrix
 
+_TRANSLATION_COLUMN = torch.tensor([0.0, 0.0, 0.0, 1.0])  # selects column 3 of a 4x4 matrix
 PoseFormat = Literal["axis_angle", "rot6d", "rotmat"]
 _FORMAT_WIDTH = {"axis_angle": (3,), "rot6d": (6,), "rotmat": (3, 3)}
 
 
 @dataclass
 class ManoOutput:
-    """What :class:`ManoLayer` returns, for B hands of a model with V vertices.
+    """What :class:`ManoLayer` returns, for B hands of a model with V vertices and J joints.
 
     Attributes:
         vertices: (B, V, 3) posed mesh in metres (``transl`` added).
         joints: (B, 21, 3) keypoints in OpenPose / FreiHAND order (16 joints + 5 fingertip vertices).
-        mano_joints: (B, 16, 3) joints in MANO order (``joints`` without fingertips, reordered).
-        global_rotations: (B, 16, 3, 3) orientation of each MANO joint's frame in the world.
         betas: (B, S) the shape coefficients used (zero-padded to the model's S).
+        transl: (B, 3) the translation given, or None.
+        global_transforms_level_order: (B, J, 4, 4) posed transform of each joint before
+            ``transl``, in the layer's internal level order; use the properties below instead.
+        level_to_joint_order: (J,) LongTensor that reorders level order to MANO order.
+
+    ``mano_joints`` and ``global_rotations`` are computed on access: most callers need only
+    vertices and the 21 keypoints.
     """
 
     vertices: torch.Tensor
     joints: torch.Tensor
-    mano_joints: torch.Tensor
-    global_rotations: torch.Tensor
     betas: torch.Tensor
+    transl: torch.Tensor | None
+    global_transforms_level_order: torch.Tensor = field(repr=False)
+    level_to_joint_order: torch.Tensor = field(repr=False)
 
     @property
     def global_transforms(self) -> torch.Tensor:
-        """(B, 16, 4, 4) rigid transform of each joint: ``[global_rotations | mano_joints]``.
+        """(B, J, 4, 4) rigid transform of each MANO joint: ``[global_rotations | mano_joints]``.
 
         It maps a point given in joint j's frame (origin at the joint, axes as the world's
-        at rest) to its posed world position.
+        at rest) to its posed world position (``transl`` included).
         """
-        batch, joints = self.global_rotations.shape[:2]
-        transform = self.global_rotations.new_zeros(batch, joints, 4, 4)
-        transform[..., :3, :3] = self.global_rotations
-        transform[..., :3, 3] = self.mano_joints
-        transform[..., 3, 3] = 1
-        return transform
+        transforms = self.global_transforms_level_order.index_select(1, self.level_to_joint_order)
+        if self.transl is None:
+            return transforms
+        return transforms + torch.nn.functional.pad(self.transl, (0, 1)).view(-1, 1, 4, 1) * _TRANSLATION_COLUMN.to(transforms)
+
+    @property
+    def mano_joints(self) -> torch.Tensor:
+        """(B, J, 3) joints in MANO order (``joints`` without fingertips, reordered)."""
+        return self.global_transforms[..., :3, 3]
+
+    @property
+    def global_rotations(self) -> torch.Tensor:
+        """(B, J, 3, 3) orientation of each MANO joint's frame in the world."""
+        return self.global_transforms[..., :3, :3]
 
 
 class ManoLayer(nn.Module):
@@ -218,21 +233,21 @@ class ManoLayer(nn.Module):
 
         global_lv = compose_levels(local.view(batch, num_joints, 4, 4), plan)
         vertices = skin_homogeneous(v_shaped.view(batch, 3, -1), b["weights_by_joint"], global_lv, rest_inverse)
-        posed_lv = global_lv[..., :3, 3]
+        posed_joints = global_lv[..., :3, 3]
         if transl is not None:
             vertices = vertices + transl.unsqueeze(1)
-            posed_lv = posed_lv + transl.unsqueeze(1)
+            posed_joints = posed_joints + transl.unsqueeze(1)
         if self.validate and not math.isfinite(vertices.sum().item()):
             self._raise_non_finite(global_orient, hand_pose, betas, transl)
         tips = vertices.index_select(1, b["fingertip_ids"])
-        joints21 = torch.cat([posed_lv, tips], 1).index_select(1, b["openpose_from_level_order"])
-        to_joint_order = plan.to_joint_order
+        joints21 = torch.cat([posed_joints, tips], 1).index_select(1, b["openpose_from_level_order"])
         return ManoOutput(
             vertices=vertices,
             joints=joints21,
-            mano_joints=posed_lv.index_select(1, to_joint_order),
-            global_rotations=global_lv.index_select(1, to_joint_order)[..., :3, :3],
             betas=betas,
+            transl=transl,
+            global_transforms_level_order=global_lv,
+            level_to_joint_order=plan.to_joint_order,
         )
 
     # ------------------------------------------------------------------ helpers
