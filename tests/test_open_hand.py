@@ -167,3 +167,17 @@ def test_rebuild_gives_identical_bytes(tmp_path):
     rebuilt = write_open_hand(MAKEHUMAN_DIR, tmp_path)
     assert rebuilt.read_bytes() == OPEN_HAND_PATH.read_bytes(), "rebuild the committed asset with build-open-hand"
     assert (tmp_path / LICENSE_FILE_NAME).read_text() == (OPEN_HAND_PATH.parent / LICENSE_FILE_NAME).read_text()
+
+
+def test_zero_pose_gives_the_template_and_sampled_poses_stay_finite():
+    import torch
+
+    from manolayer import ManoLayer
+    from manolayer.sampler import sample_poses
+
+    layer = ManoLayer(use_pca=False, flat_hand_mean=True, dtype=torch.float64)
+    rest = layer(torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, 45, dtype=torch.float64))
+    torch.testing.assert_close(rest.vertices[0], torch.as_tensor(layer.model.v_template), atol=1e-12, rtol=0)
+    for mode in ("open", "grasp", "pointing", "fist", "mixture"):
+        posed = layer(hand_pose=sample_poses(64, seed=1, mode=mode, dtype=torch.float64), betas=3 * torch.randn(64, 10, dtype=torch.float64))
+        assert torch.isfinite(posed.vertices).all() and torch.isfinite(posed.joints).all()
