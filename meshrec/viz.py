@@ -180,3 +180,73 @@ def hand_gallery(
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def _save_figure_atomically(figure, path: str | os.PathLike, dpi: int) -> Path:
+    """Save a matplotlib figure through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(temporary, "xb") as stream:
+            figure.savefig(stream, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def keypoint_sheet(
+    images,
+    keypoints,
+    path: str | os.PathLike,
+    columns: int = 6,
+    titles: Sequence[str] | None = None,
+    panel_inches: float = 1.6,
+    dpi: int = 100,
+) -> Path:
+    """Save a grid of images with their 21 keypoints and skeleton drawn on top, atomically.
+
+    Args:
+        images: ``(N, H, W, 3)`` uint8 (or float in [0, 1]); ``images[n, v, u]`` is pixel row
+            v, column u of image n.
+        keypoints: ``(N, 21, 2)`` pixel ``(u, v)`` in OpenPose order, pixel centres at integers.
+        path: image to write (format from the suffix).
+        columns: panels per row.
+        titles: one short title per image, or None.
+        panel_inches, dpi: size of one panel.
+
+    Returns:
+        The path written.
+    """
+    from matplotlib.figure import Figure
+
+    images = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise MeshrecError(f"images must have shape (N, H, W, 3) with N >= 1, got {images.shape}")
+    keypoints = _as_numpy(keypoints, "keypoints", (21, 2))
+    if len(keypoints) != len(images):
+        raise MeshrecError(f"got {len(keypoints)} keypoint sets for {len(images)} images")
+    if titles is not None and len(titles) != len(images):
+        raise MeshrecError(f"got {len(titles)} titles for {len(images)} images")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise MeshrecError(f"columns must be a positive int, got {columns!r}")
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    height, width = images.shape[1:3]
+    figure = Figure(figsize=(panel_inches * columns, panel_inches * rows * height / width), dpi=dpi)
+    for n, (image, points) in enumerate(zip(images, keypoints)):
+        ax = figure.add_subplot(rows, columns, n + 1)
+        # extent puts pixel centres at integer coordinates, as the keypoints use them
+        ax.imshow(image, extent=(-0.5, width - 0.5, height - 0.5, -0.5), interpolation="nearest")
+        for finger, chain in OPENPOSE_FINGERS.items():
+            chain_points = points[[0, *chain]]
+            ax.plot(*chain_points.T, color=FINGER_COLOURS[finger], linewidth=1.0, marker="o", markersize=1.5)
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(titles[n], fontsize=6, pad=1)
+    figure.subplots_adjust(left=0, right=1, bottom=0, top=0.96 if titles else 1, wspace=0.02, hspace=0.08 if titles else 0.02)
+    return _save_figure_atomically(figure, path, dpi)

@@ -36,6 +36,7 @@ import torch
 from manolayer.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from meshrec.data.blur import gaussian_blur
 from meshrec.data.crop import transform_points
+from meshrec.errors import MeshrecError
 from meshrec.data.sample import SIDE_LEFT, SIDE_RIGHT, HandBatch
 
 __all__ = [
@@ -82,18 +83,18 @@ class AugmentSettings:
     def __post_init__(self) -> None:
         low, high = self.scale_range
         if not 0 < low <= high:
-            raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
+            raise MeshrecError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
         low, high = self.blur_sigma
         if not 0 < low <= high:
-            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+            raise MeshrecError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
         for name in ("rotation_deg", "translate", "brightness", "contrast", "saturation", "hue"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise MeshrecError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("blur_prob", "flip_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise MeshrecError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.contrast > 1 or self.saturation > 1:
-            raise ValueError(f"contrast and saturation must be <= 1, got {self.contrast}, {self.saturation}")
+            raise MeshrecError(f"contrast and saturation must be <= 1, got {self.contrast}, {self.saturation}")
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ def augment_batch(batch: HandBatch, params: AugmentParams, colour: bool = True) 
 
     batch_size = len(batch)
     if params.angle.shape != (batch_size,):
-        raise ValueError(f"params are for a batch of {tuple(params.angle.shape)}, the batch has {batch_size} samples")
+        raise MeshrecError(f"params are for a batch of {tuple(params.angle.shape)}, the batch has {batch_size} samples")
     height, width = batch.image.shape[-2:]
     dtype, device = batch.image.dtype, batch.image.device
     pixel_affine, camera_map = augment_transforms(params, (height, width), dtype=torch.float64, device=device)

@@ -30,7 +30,7 @@ import torch
 
 from meshrec.data.blur import gaussian_blur, gaussian_radius
 from meshrec.data.sample import HandSample
-from meshrec.errors import DatasetError
+from meshrec.errors import DatasetError, MeshrecError
 
 __all__ = [
     "CropResult",
@@ -78,11 +78,11 @@ def full_image_box(height: int, width: int, *, dtype=torch.float32, device=None)
 def _check_boxes(box: torch.Tensor) -> None:
     if not isinstance(box, torch.Tensor) or box.shape[-1:] != (4,):
         shape = tuple(box.shape) if isinstance(box, torch.Tensor) else type(box).__name__
-        raise ValueError(f"box must have shape (..., 4) as [x0, y0, x1, y1], got {shape}")
+        raise MeshrecError(f"box must have shape (..., 4) as [x0, y0, x1, y1], got {shape}")
     if not torch.isfinite(box).all():
-        raise ValueError(f"box must be finite, got {box.tolist()}")
+        raise MeshrecError(f"box must be finite, got {box.tolist()}")
     if ((box[..., 2] <= box[..., 0]) | (box[..., 3] <= box[..., 1])).any():
-        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {box.tolist()}")
+        raise MeshrecError(f"box must have x1 > x0 and y1 > y0, got {box.tolist()}")
 
 
 def square_box(box: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
@@ -93,7 +93,7 @@ def square_box(box: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
     """
     _check_boxes(box)
     if not padding > 0:
-        raise ValueError(f"padding must be > 0, got {padding}")
+        raise MeshrecError(f"padding must be > 0, got {padding}")
     centre = (box[..., :2] + box[..., 2:]) / 2
     half = (box[..., 2:] - box[..., :2]).amax(-1, keepdim=True) * (padding / 2)
     return torch.cat([centre - half, centre + half], -1)
@@ -121,14 +121,14 @@ def box_from_keypoints(
         ValueError: a sample has no usable (visible) keypoint.
     """
     if joints2d.ndim < 2 or joints2d.shape[-1] != 2:
-        raise ValueError(f"joints2d must have shape (..., N, 2), got {tuple(joints2d.shape)}")
+        raise MeshrecError(f"joints2d must have shape (..., N, 2), got {tuple(joints2d.shape)}")
     if visible is None:
         visible = torch.ones(joints2d.shape[:-1], dtype=torch.bool, device=joints2d.device)
     visible = visible.bool()
     if visible.shape != joints2d.shape[:-1]:
-        raise ValueError(f"visible must have shape {tuple(joints2d.shape[:-1])}, got {tuple(visible.shape)}")
+        raise MeshrecError(f"visible must have shape {tuple(joints2d.shape[:-1])}, got {tuple(visible.shape)}")
     if not visible.any(-1).all():
-        raise ValueError("box_from_keypoints: a sample has no visible keypoint to put a box around")
+        raise MeshrecError("box_from_keypoints: a sample has no visible keypoint to put a box around")
     inf = torch.finfo(joints2d.dtype).max
     low = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, inf)).amin(-2)
     high = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, -inf)).amax(-2)
@@ -162,7 +162,7 @@ def crop_transform(box: torch.Tensor, output_size: int | tuple[int, int] = DEFAU
 def transform_points(points: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     """Apply a ``(..., 3, 3)`` pixel affine to ``(..., N, 2)`` points -> ``(..., N, 2)``."""
     if points.shape[-1] != 2:
-        raise ValueError(f"points must have shape (..., N, 2), got {tuple(points.shape)}")
+        raise MeshrecError(f"points must have shape (..., N, 2), got {tuple(points.shape)}")
     transform = transform.to(points)
     return torch.einsum("...ij,...nj->...ni", transform[..., :2, :2], points) + transform[..., None, :2, 2]
 
@@ -170,7 +170,7 @@ def transform_points(points: torch.Tensor, transform: torch.Tensor) -> torch.Ten
 def transform_intrinsics(K: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
     """Intrinsics ``(..., 3, 3)`` of the image after a pixel affine ``transform``: ``transform @ K``."""
     if K.shape[-2:] != (3, 3):
-        raise ValueError(f"K must have shape (..., 3, 3), got {tuple(K.shape)}")
+        raise MeshrecError(f"K must have shape (..., 3, 3), got {tuple(K.shape)}")
     return transform.to(K) @ K
 
 
@@ -180,7 +180,7 @@ def _output_hw(output_size: int | tuple[int, int]) -> tuple[int, int]:
     else:
         out_h, out_w = (int(s) for s in output_size)
     if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"output_size must be positive, got {output_size}")
+        raise MeshrecError(f"output_size must be positive, got {output_size}")
     return out_h, out_w
 
 
@@ -251,7 +251,7 @@ def crop_image(
         ``transform_points(points, torch.linalg.inv(result.transform))``.
     """
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4):
-        raise ValueError(f"image must be (B, C, H, W) or (C, H, W), got {getattr(image, 'shape', type(image))}")
+        raise MeshrecError(f"image must be (B, C, H, W) or (C, H, W), got {getattr(image, 'shape', type(image))}")
     if not image.is_floating_point():
         raise TypeError(f"image must be a floating point tensor (e.g. RGB in [0, 1]), got {image.dtype}")
     unbatched = image.ndim == 3
@@ -262,7 +262,7 @@ def crop_image(
     )
     boxes = box.expand(batch, 4) if box.ndim == 1 else box
     if boxes.shape != (batch, 4):
-        raise ValueError(f"box must have shape ({batch}, 4) or (4,), got {tuple(box.shape)}")
+        raise MeshrecError(f"box must have shape ({batch}, 4) or (4,), got {tuple(box.shape)}")
     if square:
         boxes = square_box(boxes)
     out_hw = _output_hw(output_size)
@@ -273,7 +273,7 @@ def crop_image(
         K = torch.as_tensor(K)
         K_batched = K.expand(batch, 3, 3) if K.ndim == 2 else K
         if K_batched.shape != (batch, 3, 3):
-            raise ValueError(f"K must have shape ({batch}, 3, 3) or (3, 3), got {tuple(K.shape)}")
+            raise MeshrecError(f"K must have shape ({batch}, 3, 3) or (3, 3), got {tuple(K.shape)}")
         K_crop = transform_intrinsics(K_batched, transforms)
     return CropResult(image=crops[0] if unbatched else crops, transform=transforms, box=boxes, K=K_crop)
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import image_height_width
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pytorch3d.renderer import PerspectiveCameras
@@ -74,7 +75,7 @@ def opencv_to_gl_projection(
         raise MeshrecError(f"K must have shape (B, 3, 3), got {K.shape}")
     if not 0.0 < near < far:
         raise MeshrecError(f"need 0 < near < far, got near={near}, far={far}")
-    height, width = image_size
+    height, width = image_height_width(image_size)
     projection = np.zeros((K.shape[0], 4, 4), dtype=np.float64)
     projection[:, 0, 0] = 2.0 * K[:, 0, 0] / width
     projection[:, 0, 1] = 2.0 * K[:, 0, 1] / width
@@ -118,5 +119,5 @@ def opencv_to_pytorch3d_cameras(K: torch.Tensor, image_size: tuple[int, int]) ->
     camera_matrix = K + shift
     rotation = torch.eye(3, dtype=K.dtype, device=K.device).expand(batch, 3, 3)
     translation = torch.zeros(batch, 3, dtype=K.dtype, device=K.device)
-    image_size_hw = torch.tensor([image_size], dtype=K.dtype, device=K.device).expand(batch, 2)
+    image_size_hw = torch.tensor([image_height_width(image_size)], dtype=K.dtype, device=K.device).expand(batch, 2)
     return cameras_from_opencv_projection(rotation, translation, camera_matrix, image_size_hw)

@@ -22,7 +22,6 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse
 import torch
 
 from meshrec.errors import MeshrecError
@@ -199,6 +198,8 @@ class GLRenderer:
         key = (num_vertices, faces.shape[0])
         if self._normal_key != key or not np.array_equal(self._normal_faces, faces):
             columns = np.repeat(np.arange(faces.shape[0]), 3)
+            import scipy.sparse  # only for this cache, built once per topology
+
             self._face_to_vertex = scipy.sparse.csr_matrix(
                 (np.ones(faces.size, dtype=np.float32), (faces.reshape(-1), columns)),
                 shape=(num_vertices, faces.shape[0]),
