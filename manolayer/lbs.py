@@ -236,7 +236,7 @@ def skin_homogeneous(
     by_entry = relative.flatten(2).transpose(1, 2).reshape(batch * 12, num_j)
     # the blended transforms (12 numbers per vertex and sample) are made and used a chunk of
     # samples at a time, so they stay in cache instead of streaming through memory twice
-    chunks = []
+    out = None
     for start in range(0, batch, _SKIN_CHUNK):
         stop = min(start + _SKIN_CHUNK, batch)
         # one (b*12, J) x (J, V) product, never a per-sample copy of the weights
@@ -244,9 +244,13 @@ def skin_homogeneous(
         x, y, z = vertices_by_coordinate[start:stop].unsqueeze(1).unbind(2)  # each (b, 1, V)
         posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], x)
         posed = torch.addcmul(posed, blended[:, :, 1], y)
-        chunks.append(torch.addcmul(posed, blended[:, :, 2], z))
-    posed = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-    return posed.transpose(1, 2).contiguous()
+        posed = torch.addcmul(posed, blended[:, :, 2], z).transpose(1, 2)  # (b, V, 3)
+        if stop == batch and start == 0:
+            return posed.contiguous()
+        if out is None:
+            out = posed.new_empty(batch, num_v, 3)
+        out[start:stop] = posed
+    return out
 
 
 def skin_vertices(

@@ -232,10 +232,14 @@ def test_level_parallel_kinematics_and_skinning_match_references(parents):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     weights = torch.rand(num_v, num_joints, generator=g, dtype=F64)
     weights /= weights.sum(1, keepdim=True)
-    vertices = torch.randn(batch, num_v, 3, generator=g, dtype=F64)
-    torch.testing.assert_close(
-        skin_vertices(vertices, weights, *fast, joints), skin_vertices_reference(vertices, weights, *slow, joints)
-    )
+    vertices = torch.randn(batch, num_v, 3, generator=g, dtype=F64, requires_grad=True)
+    skinned = skin_vertices(vertices, weights, *fast, joints)
+    reference = skin_vertices_reference(vertices, weights, *slow, joints)
+    torch.testing.assert_close(skinned, reference)
+    probe = torch.randn(skinned.shape, generator=g, dtype=F64)
+    (grad,) = torch.autograd.grad((skinned * probe).sum(), vertices)
+    (grad_reference,) = torch.autograd.grad((reference * probe).sum(), vertices)
+    torch.testing.assert_close(grad, grad_reference)
 
 
 def test_rotation_conversions_round_trip():
