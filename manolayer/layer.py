@@ -147,10 +147,9 @@ class ManoLayer(nn.Module):
         for name, array in arrays.items():
             buffer(name, array, torch.long if np.issubdtype(array.dtype, np.integer) else dtype)
         rodrigues = RodriguesConstants.create(torch.float64)
-        buffer("rodrigues_skew", rodrigues.skew.numpy())
+        buffer("rodrigues_linear", rodrigues.linear.numpy())
         buffer("rodrigues_diagonal", rodrigues.diagonal.numpy())
         buffer("rodrigues_corner", rodrigues.corner.numpy())
-        buffer("rodrigues_pad", rodrigues.pad.numpy())
         buffer("faces", model.faces, torch.long)
 
     @property
@@ -275,7 +274,7 @@ class ManoLayer(nn.Module):
                 if not self.flat_hand_mean:
                     hand = hand + b["hand_mean_level_order"].view(num_hand, 3)
             axis_angle = torch.cat([root.reshape(batch, 1, 3), hand.reshape(batch, num_hand, 3)], 1)
-            constants = RodriguesConstants(b["rodrigues_skew"], b["rodrigues_diagonal"], b["rodrigues_corner"], b["rodrigues_pad"])
+            constants = RodriguesConstants(b["rodrigues_linear"], b["rodrigues_diagonal"], b["rodrigues_corner"])
             return axis_angle_to_homogeneous(axis_angle, constants)
         width = _FORMAT_WIDTH[pose_format]
         to_matrix = rot6d_to_matrix if pose_format == "rot6d" else (lambda m: m)
@@ -283,7 +282,7 @@ class ManoLayer(nn.Module):
         root = eye.expand(batch, 1, 3, 3) if global_orient is None else to_matrix(global_orient.reshape(batch, 1, *width))
         if hand_pose is None:
             mean = b["hand_mean_level_order"].view(1, num_hand, 3)
-            constants = RodriguesConstants(b["rodrigues_skew"], b["rodrigues_diagonal"], b["rodrigues_corner"], b["rodrigues_pad"])
+            constants = RodriguesConstants(b["rodrigues_linear"], b["rodrigues_diagonal"], b["rodrigues_corner"])
             hand = axis_angle_to_homogeneous(mean, constants).view(1, num_hand, 4, 4)[..., :3, :3].expand(batch, -1, -1, -1)
         else:
             hand = to_matrix(hand_pose.reshape(batch, num_hand, *width)).index_select(1, b["hand_to_level_order"])

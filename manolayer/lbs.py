@@ -105,16 +105,15 @@ class RodriguesConstants:
     """Constant tensors that let :func:`axis_angle_to_homogeneous` run in a few operations.
 
     Attributes:
-        skew: (3, 16); ``w @ skew`` is the cross-product matrix ``[w]x`` in a 4x4 layout.
+        linear: (3, 20); ``w @ linear`` is the cross-product matrix ``[w]x`` in a 4x4 layout
+            (16 entries) followed by ``(x, y, z, 0)`` (one matmul for both).
         diagonal: (16,), ones on the 3x3 rotation block's diagonal.
         corner: (16,), a one at entry (3, 3).
-        pad: (3, 4); ``w @ pad`` is ``(x, y, z, 0)``.
     """
 
-    skew: torch.Tensor
+    linear: torch.Tensor
     diagonal: torch.Tensor
     corner: torch.Tensor
-    pad: torch.Tensor
 
     @staticmethod
     def create(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> "RodriguesConstants":
@@ -128,7 +127,7 @@ class RodriguesConstants:
         corner = torch.zeros(4, 4, dtype=dtype, device=device)
         corner[3, 3] = 1
         pad = torch.eye(3, 4, dtype=dtype, device=device)
-        return RodriguesConstants(skew.flatten(1), diagonal.flatten(), corner.flatten(), pad)
+        return RodriguesConstants(torch.cat([skew.flatten(1), pad], 1), diagonal.flatten(), corner.flatten())
 
 
 # Smaller angles are clamped to this: the coefficients are then at their limits (1, 1/2) and
@@ -154,10 +153,11 @@ def axis_angle_to_homogeneous(axis_angle: torch.Tensor, constants: RodriguesCons
     """
     angle = torch.linalg.vector_norm(axis_angle, dim=-1, keepdim=True).clamp(min=_TINY_ANGLE)
     cos = torch.cos(angle)
-    padded = axis_angle @ constants.pad  # (..., 4): (x, y, z, 0)
+    projected = axis_angle @ constants.linear
+    skew, padded = projected[..., :16], projected[..., 16:]  # [w]x as 4x4, and (x, y, z, 0)
     outer = (padded.unsqueeze(-1) * padded.unsqueeze(-2)).flatten(-2)
     rotation = torch.addcmul(constants.corner, cos, constants.diagonal)
-    rotation = torch.addcmul(rotation, torch.sin(angle) / angle, axis_angle @ constants.skew)
+    rotation = torch.addcmul(rotation, torch.sin(angle) / angle, skew)
     return torch.addcmul(rotation, (1 - cos) / (angle * angle), outer)
 
 
