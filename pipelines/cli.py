@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "mano-convert": ("pipelines.mano_tools", "convert a MANO pickle to the project's plain .npz format"),
     "build-open-hand": ("pipelines.build_open_hand", "build the CC0 open hand model from MakeHuman assets"),
     "render-hand": ("pipelines.render_hand", "draw the hand model in sampled poses to a PNG"),
+    "synth": ("pipelines.synth", "render a synthetic hand data set in the FreiHAND layout"),
 }
 
 

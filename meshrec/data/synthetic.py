@@ -9,7 +9,9 @@ noise, gradients, sums of sinusoids, or crops of user images). The composite is
 ``mask * render + (1 - mask) * background`` plus mild sensor noise.
 
 Every random number of sample ``i`` of a split comes from ``(seed, split, i)`` alone, so a
-sample's bytes do not depend on batching, on how many samples are made, or on resuming.
+sample does not depend on batching, on how many samples are made, or on resuming (up to
+float32 rounding inside a batch, which can move a label in its last written digit or an
+edge pixel).
 
 :func:`write_synthetic_dataset` writes what :class:`~meshrec.data.freihand.FreiHandDataset`
 reads (one colour version), plus ``S_side.json`` (``'right'``/``'left'`` per sample,
@@ -35,6 +37,8 @@ import scipy.sparse
 import torch
 
 from meshrec.errors import MeshrecError
+
+_PLACEMENT_ITERATIONS = 4
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -322,8 +326,17 @@ class HandSynthesizer:
         focal = torch.tensor([p["focal"] for p in params])
         centre = (vertices.amax(1) + vertices.amin(1)) / 2  # (B, 3) box centre of the posed hand
         radius = (vertices[..., :2] - centre[:, None, :2]).norm(dim=-1).amax(1)  # metres, in the image plane
-        depth = focal * radius / torch.tensor([p["radius_px"] for p in params])
+        radius_px = torch.tensor([p["radius_px"] for p in params])
+        depth = focal * radius / radius_px
         shift = torch.tensor(np.stack([p["shift_px"] for p in params]), dtype=torch.float32)  # (B, 2)
+        for _ in range(_PLACEMENT_ITERATIONS):
+            # perspective makes the near side of a hand project larger than the radius in the
+            # plane of its centre suggests: move the camera back until the projected radius fits
+            target = torch.cat([shift * (depth / focal)[:, None], depth[:, None]], dim=1)
+            placed = vertices - centre[:, None] + target[:, None]
+            projected = placed[..., :2] / placed[..., 2:].clamp_min(1e-3) * focal[:, None, None]
+            projected_radius = (projected - shift[:, None]).norm(dim=-1).amax(1)
+            depth = depth * (projected_radius / radius_px).clamp_min(1.0)
         target = torch.cat([shift * (depth / focal)[:, None], depth[:, None]], dim=1)
         transl = target - centre
         vertices = vertices + transl[:, None]
