@@ -91,3 +91,17 @@ def test_bad_arguments_are_named(tmp_path):
         write_synthetic_dataset(tmp_path, 0, progress=False)
     with pytest.raises(MeshrecError, match="eval_fraction"):
         write_synthetic_dataset(tmp_path, 10, eval_fraction=1.5, progress=False)
+
+
+def test_on_the_fly_dataset_is_repeatable_and_loads_in_workers():
+    from meshrec.data.sample import collate_hand_samples
+    from meshrec.data.synthetic import SyntheticHandDataset
+
+    dataset = SyntheticHandDataset(8, size=64, seed=5)
+    first, again = dataset[3], dataset[3]
+    torch.testing.assert_close(first.joints3d, again.joints3d)
+    assert first.has_mesh and first.has_joints3d and first.has_joints2d and first.image.shape == (3, 64, 64)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_hand_samples)
+    batches = list(loader)
+    assert len(batches) == 2 and bool(batches[0].has_mesh.all())
+    torch.testing.assert_close(batches[0].joints3d[3], first.joints3d)
