@@ -167,25 +167,15 @@ def hand_gallery(
             title = titles[column] if titles is not None and row == 0 else None
             plot_hand(ax, item[0], item[1], joints=joints, view=view, title=title, extent=extent)
     figure.subplots_adjust(left=0, right=1, bottom=0, top=0.93 if titles else 1, wspace=0, hspace=0)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name in the same folder (so the rename is atomic), created with the usual
-    # permissions (tempfile.mkstemp would make it private)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temporary, "xb") as stream:
-            figure.savefig(stream, format=path.suffix.lstrip(".") or "png", dpi=dpi)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
+    return _save_figure_atomically(figure, path, dpi)
 
 
 def _save_figure_atomically(figure, path: str | os.PathLike, dpi: int) -> Path:
     """Save a matplotlib figure through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name in the same folder (so the rename is atomic), created with the usual
+    # permissions (tempfile.mkstemp would make it private)
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         with open(temporary, "xb") as stream:
