@@ -193,8 +193,9 @@ def keypoint_sheet(
     path: str | os.PathLike,
     columns: int = 6,
     titles: Sequence[str] | None = None,
-    panel_inches: float = 1.6,
+    panel_inches: float = 1.3,
     dpi: int = 100,
+    palette_colours: int | None = 256,
 ) -> Path:
     """Save a grid of images with their 21 keypoints and skeleton drawn on top, atomically.
 
@@ -206,6 +207,8 @@ def keypoint_sheet(
         columns: panels per row.
         titles: one short title per image, or None.
         panel_inches, dpi: size of one panel.
+        palette_colours: for a ``.png``, reduce to this many colours (photos with noisy
+            backgrounds compress poorly: 4x smaller); None keeps full colour.
 
     Returns:
         The path written.
@@ -239,4 +242,18 @@ def keypoint_sheet(
         if titles is not None:
             ax.set_title(titles[n], fontsize=6, pad=1)
     figure.subplots_adjust(left=0, right=1, bottom=0, top=0.96 if titles else 1, wspace=0.02, hspace=0.08 if titles else 0.02)
-    return _save_figure_atomically(figure, path, dpi)
+    path = Path(path)
+    if palette_colours is None or path.suffix.lower() != ".png":
+        return _save_figure_atomically(figure, path, dpi)
+    from io import BytesIO
+
+    from PIL import Image
+
+    from manolayer.io import write_bytes_atomic
+
+    rendered, reduced = BytesIO(), BytesIO()
+    figure.savefig(rendered, format="png", dpi=dpi)
+    with Image.open(rendered) as image:
+        image.convert("RGB").quantize(palette_colours).save(reduced, format="PNG", optimize=True)
+    write_bytes_atomic(path, reduced.getvalue())
+    return path

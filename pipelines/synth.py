@@ -1,38 +1,41 @@
-"""``meshrec synth``: render a synthetic hand data set in the FreiHAND layout."""
+"""``meshrec synth``: write (or extend) a synthetic hand data set in the FreiHAND layout.
+
+    meshrec synth --out data/synth --num 20000 --size 128 --seed 0 [--eval-fraction 0.1] [--backgrounds FOLDER]
+
+Re-running with a larger ``--num`` (same other settings) renders only the missing samples.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+SHEET_SAMPLES = 24
+
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser = subparsers.add_parser(
         name,
         help="render a synthetic hand data set in the FreiHAND layout",
-        description="Render hands in sampled poses and shapes (both sides) over random backgrounds and "
-        "write them in the FreiHAND layout with full labels (K, 3D joints, vertices, MANO parameters, "
-        "masks) and a manifest.json. Re-running with a larger --num extends the set; an interrupted "
-        "run resumes where it stopped.",
+        description="Render MANO-format hands in sampled poses, shapes, views, lighting, skin tones and "
+        "backgrounds, with 3D joints, vertices, MANO parameters, intrinsics and masks, in the FreiHAND "
+        "layout (plus S_side.json and manifest.json). Deterministic given --seed; resumable.",
     )
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
+    parser.add_argument("--out", type=Path, required=True, help="data set folder (created or extended)")
     parser.add_argument("--num", type=int, required=True, help="total number of samples, both splits")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of samples in the evaluation split")
-    parser.add_argument("--backgrounds", type=Path, default=None, help="optional folder of images used as backgrounds")
-    parser.add_argument("--model", type=Path, default=None, help="MANO-format right-hand model (default: the open hand)")
-    parser.add_argument(
-        "--contact-sheet", type=Path, default=None, help="also draw the first 24 training samples with their keypoints to this PNG"
-    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data set (default: 0)")
+    parser.add_argument("--eval-fraction", type=float, default=0.1, help="share of samples in 'evaluation' (default: 0.1)")
+    parser.add_argument("--backgrounds", type=Path, default=None, help="folder of images to crop backgrounds from")
+    parser.add_argument("--model", type=Path, default=None, help="MANO-format right hand (.pkl/.npz); default: the open hand")
+    parser.add_argument("--contact-sheet", type=Path, default=None, help="also draw the first training samples with keypoints to this PNG")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from manolayer import load_mano
     from meshrec.data.synthetic import write_synthetic_dataset
 
-    model = None if args.model is None else load_mano(args.model, side="right")
     summary = write_synthetic_dataset(
         args.out,
         args.num,
@@ -40,25 +43,23 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         eval_fraction=args.eval_fraction,
         backgrounds=args.backgrounds,
-        model=model,
+        model=args.model,
+        progress=not args.no_progress,
     )
-    counts = ", ".join(f"{split} {count}" for split, count in summary.counts.items())
-    print(f"wrote {summary.root}: {counts} ({summary.rendered} rendered now)")
+    print(f"{summary.root}: {summary.counts} samples ({summary.rendered} rendered now)")
     if args.contact_sheet is not None:
-        print(f"wrote {draw_contact_sheet(args.out, args.contact_sheet)}")
+        import json
+
+        import numpy as np
+
+        from meshrec.data.freihand import FreiHandDataset
+        from meshrec.viz import keypoint_sheet
+
+        dataset = FreiHandDataset(args.out, "training", crop_size=None, load_vertices=False)
+        count = min(SHEET_SAMPLES, len(dataset))
+        samples = [dataset[i] for i in range(count)]
+        images = np.stack([(s.image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for s in samples])
+        sides = json.loads((args.out / "training_side.json").read_text())[:count]
+        path = keypoint_sheet(images, np.stack([s.joints2d.numpy() for s in samples]), args.contact_sheet, titles=sides)
+        print(f"wrote {path}")
     return 0
-
-
-def draw_contact_sheet(root: Path, path: Path, count: int = 24) -> Path:
-    """Draw the first ``count`` training samples of a FreiHAND-layout folder with their keypoints."""
-    import torch
-
-    from meshrec.data.freihand import FreiHandDataset
-    from meshrec.geometry.camera import project_points
-    from meshrec.viz import keypoint_sheet
-
-    dataset = FreiHandDataset(root, "training", crop_size=None)
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    images = torch.stack([s.image for s in samples]).permute(0, 2, 3, 1)
-    keypoints = project_points(torch.stack([s.joints3d for s in samples]), torch.stack([s.K for s in samples]))
-    return keypoint_sheet(images, keypoints, path, dpi=80)

@@ -1,8 +1,8 @@
-"""Synthetic data: FreiHAND layout read back, labels consistent with images, resume and extend."""
+"""Synthetic data: FreiHAND layout read back, labels agree with the pixels, resume, determinism."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,16 +11,13 @@ import torch
 from meshrec.errors import MeshrecError
 from meshrec.render import gl_available
 
-pytestmark = pytest.mark.skipif(not gl_available(), reason="the OpenGL renderer (EGL) is unavailable here")
+pytestmark = pytest.mark.skipif(not gl_available(), reason="OpenGL/EGL renderer unavailable")
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
+def _write(root, num, **kwargs):
     from meshrec.data.synthetic import write_synthetic_dataset
 
-    root = tmp_path_factory.mktemp("synth") / "set"
-    write_synthetic_dataset(root, 20, size=96, seed=3, eval_fraction=0.25, progress=False)
-    return root
+    return write_synthetic_dataset(root, num, size=64, seed=3, progress=False, **kwargs)
 
 
 def _decoded(jpeg: bytes) -> np.ndarray:
@@ -35,73 +32,99 @@ def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_reads_back_as_freihand_with_consistent_labels(written):
-    from manolayer import ManoLayer
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "set"
+    _write(root, 20)
+    return root
+
+
+def test_written_set_reads_back_with_consistent_labels(written):
+    import json
+
     from meshrec.data.freihand import FreiHandDataset
-    from meshrec.geometry.camera import project_points
 
-    manifest = json.loads((written / "manifest.json").read_text())
-    assert manifest["counts"] == {"training": 15, "evaluation": 5}
-    train = FreiHandDataset(written, "training", crop_size=None)
-    assert len(train) == 15 and len(FreiHandDataset(written, "evaluation", crop_size=None)) == 5
+    assert json.loads((written / "manifest.json").read_text())["counts"] == {"training": 18, "evaluation": 2}
+    assert len(json.loads((written / "training_side.json").read_text())) == 18
+    for split, count in (("training", 18), ("evaluation", 2)):
+        dataset = FreiHandDataset(written, split, crop_size=None)
+        assert len(dataset) == count
+        for i in range(count):
+            sample = dataset[i]
+            assert sample.has_mesh and sample.has_mano and sample.has_mask and sample.image.shape == (3, 64, 64)
+            mask = sample.mask[0] > 0.5
+            rows, cols = torch.nonzero(mask, as_tuple=True)
+            centroid = sample.joints2d.mean(0)
+            assert cols.min() - 2 <= centroid[0] <= cols.max() + 2 and rows.min() - 2 <= centroid[1] <= rows.max() + 2
+            uv = (sample.vertices[:, :2] / sample.vertices[:, 2:]) * sample.K[[0, 1], [0, 1]] + sample.K[:2, 2]
+            inside = (uv[:, 0] > -0.5) & (uv[:, 0] < 63.5) & (uv[:, 1] > -0.5) & (uv[:, 1] < 63.5)
+            pixels = uv[inside].round().long()
+            assert mask[pixels[:, 1], pixels[:, 0]].float().mean() > 0.8
+
+
+def test_mano_labels_reproduce_the_vertices(written):
+    import json
+
+    from manolayer import ManoLayer
+
+    mano = np.array(json.loads((written / "training_mano.json").read_text()))[:, 0]
+    verts = np.array(json.loads((written / "training_verts.json").read_text()))
     sides = json.loads((written / "training_side.json").read_text())
-    layers = {side: ManoLayer(side=side, use_pca=False, flat_hand_mean=True) for side in ("right", "left")}
-    for index in range(0, 15, 3):
-        sample = train[index]
-        assert sample.has_mesh and sample.has_joints3d and sample.has_mano and sample.has_mask
-        # the MANO labels give back the vertices
-        mano_labels = json.loads((written / "training_mano.json").read_text())[index]  # FreiHAND: [[61 values]]
-        mano = torch.as_tensor(np.asarray(mano_labels), dtype=torch.float32).reshape(61)
-        out = layers[sides[index]](mano[:3][None], mano[3:48][None], mano[48:58][None], mano[58:61][None])
-        torch.testing.assert_close(out.vertices[0], sample.vertices, atol=1e-4, rtol=0)
-        # projected vertices fall on the rendered mask (allowing a pixel at the silhouette)
-        uv = project_points(sample.vertices[None], sample.K[None])[0].round().long()
-        inside = (uv >= 0).all(1) & (uv < 96).all(1)
-        mask = torch.nn.functional.max_pool2d(sample.mask[None].float(), 3, 1, 1)[0, 0] > 0.5
-        assert mask[uv[inside, 1], uv[inside, 0]].float().mean() > 0.97
+    for side in ("right", "left"):
+        chosen = [i for i, s in enumerate(sides) if s == side]
+        params = torch.tensor(mano[chosen], dtype=torch.float32)
+        out = ManoLayer(side=side, use_pca=False, flat_hand_mean=True)(params[:, :3], params[:, 3:48], params[:, 48:58], params[:, 58:])
+        np.testing.assert_allclose(out.vertices.numpy(), verts[chosen], atol=1e-4)
 
 
-def test_resume_and_extend_render_only_what_is_missing(written, tmp_path):
-    from meshrec.data.synthetic import write_synthetic_dataset
-
+def test_resume_keeps_files_and_matches_a_fresh_run(tmp_path, written):
     root = tmp_path / "grown"
-    first = write_synthetic_dataset(root, 8, size=96, seed=3, eval_fraction=0.25, progress=False)
-    before = _files(root / "training" / "rgb")
-    grown = write_synthetic_dataset(root, 20, size=96, seed=3, eval_fraction=0.25, progress=False)
-    assert first.rendered == 8 and grown.rendered == 12
-    after = _files(root / "training" / "rgb")
-    assert all(after[name] == data for name, data in before.items())
-    grown_files, fresh_files = _files(root), _files(written)
-    assert grown_files.keys() == fresh_files.keys()
-    for name, data in fresh_files.items():  # the same as a run that made all 20 at once
-        if name.suffix == ".json" and name.name not in ("manifest.json", "training_side.json", "evaluation_side.json"):
-            # labels: float32 sums in batches of another size may differ in the last written digit
-            np.testing.assert_allclose(np.asarray(json.loads(grown_files[name])), np.asarray(json.loads(data)), atol=2e-6)
-        elif name.suffix == ".jpg":  # a last-bit difference in a vertex may move an edge pixel
-            assert np.abs(_decoded(grown_files[name]) - _decoded(data)).mean() < 0.5, name
+    _write(root, 10)
+    first = _files(root)
+    _write(root, 20)
+    grown = _files(root)
+    for name in ("training/rgb/00000008.jpg", "training/mask/00000003.jpg", "evaluation/rgb/00000000.jpg"):
+        assert first[Path(name)] == grown[Path(name)]
+    fresh = _files(written)
+    assert grown.keys() == fresh.keys()
+    for name, data in fresh.items():
+        if name.parent.name == "rgb":  # float32 rounding inside a render batch may move an edge pixel
+            assert np.abs(_decoded(grown[name]) - _decoded(data)).mean() < 0.5, name
         else:
-            assert grown_files[name] == data, name
-    assert write_synthetic_dataset(root, 20, size=96, seed=3, eval_fraction=0.25, progress=False).rendered == 0
+            assert grown[name] == data, name
 
 
-def test_bad_arguments_are_named(tmp_path):
-    from meshrec.data.synthetic import write_synthetic_dataset
-
-    with pytest.raises(MeshrecError, match="num"):
-        write_synthetic_dataset(tmp_path, 0, progress=False)
-    with pytest.raises(MeshrecError, match="eval_fraction"):
-        write_synthetic_dataset(tmp_path, 10, eval_fraction=1.5, progress=False)
-
-
-def test_on_the_fly_dataset_is_repeatable_and_loads_in_workers():
-    from meshrec.data.sample import collate_hand_samples
+def test_online_dataset_is_deterministic_and_batched_like_single():
     from meshrec.data.synthetic import SyntheticHandDataset
 
-    dataset = SyntheticHandDataset(8, size=64, seed=5)
-    first, again = dataset[3], dataset[3]
-    torch.testing.assert_close(first.joints3d, again.joints3d)
-    assert first.has_mesh and first.has_joints3d and first.has_joints2d and first.image.shape == (3, 64, 64)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_hand_samples)
-    batches = list(loader)
-    assert len(batches) == 2 and bool(batches[0].has_mesh.all())
-    torch.testing.assert_close(batches[0].joints3d[3], first.joints3d)
+    dataset = SyntheticHandDataset(8, size=64, seed=1)
+    single = dataset[5]
+    batch = dataset.__getitems__([2, 5])
+    assert torch.equal(single.image, batch[1].image) and torch.equal(single.joints3d, batch[1].joints3d)
+    assert single.has_mesh and single.has_joints2d and single.has_mano and single.has_mask
+    assert not torch.equal(batch[0].image, batch[1].image)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num": 0}, "num must be a positive int"),
+        ({"num": 5, "eval_fraction": 1.5}, "eval_fraction must be in"),
+        ({"num": 5, "size": 4}, "size must be an int >= 16"),
+        ({"num": 5, "backgrounds": "/nonexistent/folder"}, "not a folder"),
+    ],
+)
+def test_bad_arguments_raise_meshrec_error(tmp_path, kwargs, message):
+    from meshrec.data.synthetic import write_synthetic_dataset
+
+    with pytest.raises(MeshrecError, match=message):
+        write_synthetic_dataset(tmp_path / "x", progress=False, **kwargs)
+
+
+def test_extending_with_other_settings_or_fewer_samples_is_refused(written):
+    from meshrec.data.synthetic import write_synthetic_dataset
+
+    with pytest.raises(MeshrecError, match="seed=3 but this run has seed=4"):
+        write_synthetic_dataset(written, 30, size=64, seed=4, progress=False)
+    with pytest.raises(MeshrecError, match="already has 18 training samples"):
+        write_synthetic_dataset(written, 10, size=64, seed=3, progress=False)

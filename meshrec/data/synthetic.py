@@ -9,9 +9,9 @@ noise, gradients, sums of sinusoids, or crops of user images). The composite is
 ``mask * render + (1 - mask) * background`` plus mild sensor noise.
 
 Every random number of sample ``i`` of a split comes from ``(seed, split, i)`` alone, so a
-sample does not depend on batching, on how many samples are made, or on resuming (up to
-float32 rounding inside a batch, which can move a label in its last written digit or an
-edge pixel).
+sample does not depend on batching, on how many samples are made, or on resuming: labels
+and masks are identical, an image may differ in an edge pixel (float32 rounding inside a
+render batch).
 
 :func:`write_synthetic_dataset` writes what :class:`~meshrec.data.freihand.FreiHandDataset`
 reads (one colour version), plus ``S_side.json`` (``'right'``/``'left'`` per sample,
@@ -58,6 +58,7 @@ JPEG_QUALITY = 95
 LABEL_DECIMALS = 6  # micrometres / 1e-6 rad: below any label's accuracy, keeps the JSON short
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_FLUSH_EVERY = 1024
+GEOMETRY_QUANTUM = 1e-7  # metres / radians: posed geometry is rounded to this
 POSE_BLOCK = 64  # samples whose pose angles and global rotations are drawn together  # samples between label rewrites (each rewrite writes every label so far)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -114,6 +115,10 @@ def _block_seed(seed: int, split: str, block: int) -> int:
     at a time (the sampler is fast per batch, slow per sample), still independent of chunking."""
     sequence = np.random.SeedSequence([seed, SPLIT_CODES[split], block, POSE_BLOCK])
     return int(sequence.generate_state(1, dtype=np.uint32)[0])
+
+
+def _quantize(values: torch.Tensor) -> torch.Tensor:
+    return torch.round(values / GEOMETRY_QUANTUM) * GEOMETRY_QUANTUM
 
 
 def _list_background_images(folder: str | os.PathLike | None) -> list[Path]:
@@ -233,7 +238,10 @@ class HandSynthesizer:
         left = mirror_model(right)
         self.model_hash = right.content_hash()
         self.layers = {
-            side: ManoLayer(model=m, use_pca=False, flat_hand_mean=True) for side, m in (("right", right), ("left", left))
+            # float64, so results differ between batch sizes (BLAS blocking) by ~1e-16 only,
+            # which the rounding to GEOMETRY_QUANTUM below removes: samples do not depend on chunking
+            side: ManoLayer(model=m, use_pca=False, flat_hand_mean=True, dtype=torch.float64)
+            for side, m in (("right", right), ("left", left))
         }
         self.axes = {side: hand_axes(m.rest_joints, m.parents, side=side) for side, m in (("right", right), ("left", left))}
         # the shape components the model really has (the open hand: 4 of 10)
@@ -305,14 +313,14 @@ class HandSynthesizer:
             betas.append(shape)
             params.append(self._scene_parameters(rng))
             backgrounds.append(make_background(rng, size, self.background_images))
-        global_orient = torch.stack(orients).float()
-        betas_t = torch.as_tensor(np.stack(betas), dtype=torch.float32)
-        angles = torch.stack(angles).float()
+        global_orient = torch.stack(orients).double()
+        betas_t = torch.as_tensor(np.stack(betas), dtype=torch.float64)
+        angles = torch.stack(angles).double()
 
         num_vertices = self.layers["right"].model.num_vertices
-        hand_pose = torch.empty(batch, 45)
-        vertices = torch.empty(batch, num_vertices, 3)
-        joints = torch.empty(batch, 21, 3)
+        hand_pose = torch.empty(batch, 45, dtype=torch.float64)
+        vertices = torch.empty(batch, num_vertices, 3, dtype=torch.float64)
+        joints = torch.empty(batch, 21, 3, dtype=torch.float64)
         with torch.no_grad():
             for side, layer in self.layers.items():
                 chosen = torch.tensor([s == side for s in sides])
@@ -320,6 +328,9 @@ class HandSynthesizer:
                     hand_pose[chosen] = angles_to_hand_pose(angles[chosen], self.axes[side])
                     out = layer(global_orient[chosen], hand_pose[chosen], betas_t[chosen])
                     vertices[chosen], joints[chosen] = out.vertices, out.joints
+        vertices = _quantize(vertices)
+        joints = _quantize(joints)
+        hand_pose = _quantize(hand_pose)
 
         # camera: focal length from the field of view, hand centre placed at a depth that
         # gives it the sampled projected radius, shifted from the image centre
@@ -338,9 +349,9 @@ class HandSynthesizer:
             projected_radius = (projected - shift[:, None]).norm(dim=-1).amax(1)
             depth = depth * (projected_radius / radius_px).clamp_min(1.0)
         target = torch.cat([shift * (depth / focal)[:, None], depth[:, None]], dim=1)
-        transl = target - centre
-        vertices = vertices + transl[:, None]
-        joints = joints + transl[:, None]
+        transl = target.double() - centre
+        vertices = (vertices + transl[:, None]).float()
+        joints = (joints + transl[:, None]).float()
         principal = (size - 1) / 2.0
         K = torch.zeros(batch, 3, 3)
         K[:, 0, 0] = K[:, 1, 1] = focal
@@ -350,6 +361,10 @@ class HandSynthesizer:
         # Lighting is baked into per-vertex colours (the renderer takes one light per call,
         # the samples each have their own); the renderer then only interpolates them.
         normals = self._vertex_normals(vertices)
+        # a visible surface faces the camera: turn normals that point away (the far side,
+        # or a winding that points them inward) toward it, as the renderer does per pixel
+        facing = (normals * vertices).sum(-1, keepdim=True) > 0
+        normals = torch.where(facing, -normals, normals)
         light = torch.tensor(np.stack([p["light"] for p in params]), dtype=torch.float32)
         ambient = torch.tensor([p["ambient"] for p in params])[:, None]
         lambert = (normals @ light[:, :, None])[..., 0].clamp_min(0.0)
@@ -365,7 +380,7 @@ class HandSynthesizer:
             noise_rng = np.random.default_rng(p["noise_seed"])
             composite[b] += noise_rng.normal(0.0, p["noise"], composite[b].shape).astype(np.float32)
         rgb = np.clip(composite * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        mano = torch.cat([global_orient, hand_pose, betas_t, transl], dim=1)
+        mano = torch.cat([global_orient, hand_pose, betas_t, transl], dim=1).float()
         return SynthBatch(
             rgb=rgb,
             mask=mask,
