@@ -24,7 +24,7 @@ This is what both the datasets (training crops) and prediction on a user's photo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -310,22 +310,11 @@ def crop_sample(
     transform = result.transform[0]
     mask = crop_image(sample.mask, result.box[0], output_size, square=False).image if sample.has_mask else None
     joints2d = transform_points(sample.joints2d, transform) if sample.has_joints2d else sample.joints2d
-    return HandSample(
+    # only the image-plane fields change; 3D labels, masks of which labels exist, side and source stay
+    return replace(
+        sample,
         image=result.image,
         K=result.K[0],
         joints2d=joints2d,
-        joints2d_visible=sample.joints2d_visible,
-        joints3d=sample.joints3d,
-        vertices=sample.vertices,
-        mano_pose=sample.mano_pose,
-        mano_betas=sample.mano_betas,
         mask=mask if mask is not None else sample.mask.new_zeros(1, *result.image.shape[-2:]),
-        side=sample.side,
-        has_mesh=sample.has_mesh,
-        has_joints3d=sample.has_joints3d,
-        has_joints2d=sample.has_joints2d,
-        has_mano=sample.has_mano,
-        has_mask=sample.has_mask,
-        index=sample.index,
-        source=sample.source,
     )
