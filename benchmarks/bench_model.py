@@ -1,0 +1,92 @@
+"""Cost of the reconstruction network: parameters, multiply-adds per stage, latency, throughput.
+
+Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoint C]
+
+Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and convolutions —
+gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
+batch-1 forwards under torch.inference_mode; throughput is images/s at batch 32. Fixed depth t
+runs exactly t loop passes (tau = 1 never exits); "gate" uses the configured tau (with untrained
+weights its decisions are arbitrary: pass --checkpoint to measure a trained gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def multiply_adds(model, images, **kwargs) -> tuple[float, dict[str, float]]:
+    """Total and per-top-level-module multiply-adds (millions) of one forward."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(images, **kwargs)
+    per_module = {}
+    for name, counts in counter.get_flop_counts().items():
+        parts = name.split(".")
+        if len(parts) == 2 or (len(parts) == 3 and parts[1] == "refiner"):
+            per_module[".".join(parts[1:])] = sum(counts.values()) / 2e6
+    return counter.get_total_flops() / 2e6, per_module
+
+
+def median_seconds(function, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    from meshrec.models.reconstructor import HandMeshReconstructor, ModelConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (measures the trained gate)")
+    args = parser.parse_args()
+
+    if args.checkpoint:
+        model = HandMeshReconstructor.from_checkpoint(args.checkpoint)
+    else:
+        model = HandMeshReconstructor(ModelConfig(image_size=args.size))
+    model.eval()
+    t_max = model.config.gate.max_passes
+    one = torch.rand(1, 3, args.size, args.size)
+    many = torch.rand(args.batch, 3, args.size, args.size)
+
+    parameters = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
+    print(f"threads: {torch.get_num_threads()}, input {args.size}x{args.size}, hand model {model.num_vertices} vertices, T_max {t_max}\n")
+    print("| part | parameters |\n|---|---:|")
+    for name, count in parameters.items():
+        print(f"| {name} | {count / 1e3:.0f}k |")
+    print(f"| total | {sum(parameters.values()) / 1e6:.2f}M |\n")
+
+    total, per_module = multiply_adds(model, one, max_passes=t_max, exit_threshold=1.0)
+    no_loop, _ = multiply_adds(model, one, max_passes=0)
+    print(f"multiply-adds per image at T_max = {t_max}: {total:.1f}M\n")
+    print("| stage | M multiply-adds |\n|---|---:|")
+    for name, value in per_module.items():
+        print(f"| {name} | {value:.1f} |")
+    print(f"| one loop pass | {(total - no_loop) / max(t_max, 1):.1f} |\n")
+
+    print(f"| depth | M multiply-adds | batch 1 latency (ms) | batch {args.batch} images/s | mean passes |\n|---|---:|---:|---:|---:|")
+    settings = [(f"fixed {t}", dict(max_passes=t, exit_threshold=1.0)) for t in range(0, t_max + 1)]
+    settings.append((f"gate (tau={model.config.gate.exit_threshold})", {}))
+    with torch.inference_mode():
+        for label, kwargs in settings:
+            cost, _ = multiply_adds(model, one, **kwargs)
+            latency = median_seconds(lambda: model(one, **kwargs), args.repeats)
+            batch_time = median_seconds(lambda: model(many, **kwargs), max(5, args.repeats // 5), warmup=2)
+            passes = model(many, **kwargs).passes_used.float().mean().item()
+            print(f"| {label} | {cost:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

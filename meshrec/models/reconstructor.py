@@ -1,0 +1,369 @@
+"""``HandMeshReconstructor``: image crop -> hand mesh, with every stage's output kept.
+
+Data flow (docs/architecture.md): backbone pyramid -> global stage (MANO pose, shape, camera ->
+mesh V0) and keypoint head (learnable joint groups -> 2D keypoints) -> coarse-to-fine
+refinement with pixel-aligned features -> gated loop -> :class:`Prediction`.
+
+Sides: the network reconstructs right hands. A left hand's crop is flipped horizontally (and its
+K with it: ``cx -> W - 1 - cx``, skew negated), reconstructed as a right hand, and every output
+is mirrored back (``x -> -x`` in 3D, ``u -> W - 1 - u`` in pixels, rotations conjugated by the
+reflection). Since the left hand model is the mirror of the right one, the mirrored mesh is
+exactly the left hand's; callers and losses only ever see their own camera frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from manolayer.io import ManoModel, load_mano, mirror_model
+from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import default_intrinsics, project_points
+from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
+from meshrec.models.backbone import STRIDES, Backbone, BackboneConfig
+from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
+from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput
+from meshrec.models.refinement import GateConfig, MeshRefiner, RefinementConfig
+
+SIDE_RIGHT, SIDE_LEFT = 0, 1
+
+
+@dataclass
+class ModelConfig:
+    """Everything that defines the network (the part of a training config under ``model:``).
+
+    Attributes:
+        hand_model: a MANO-format file (official pickle or the project's ``.npz``) whose
+            topology the network outputs; None is the project's CC0 open hand. A left-hand
+            file is mirrored to the right (the network works on right hands).
+        image_size: the crop size the network is trained for (any multiple of 32 runs).
+        channels_last: run convolutions in channels-last memory format (faster on CPUs).
+        backbone, global_stage, keypoints, refinement, gate: the parts; each can be switched
+            off for ablations (``keypoints.enabled``, ``refinement.enabled``, ``gate.max_passes``).
+    """
+
+    hand_model: str | None = None
+    image_size: int = 128
+    channels_last: bool = True
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    global_stage: GlobalStageConfig = field(default_factory=GlobalStageConfig)
+    keypoints: JointGroupsConfig = field(default_factory=JointGroupsConfig)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32 or self.image_size % 32:
+            raise MeshrecError(f"model.image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.keypoints.feature_stride not in STRIDES:
+            raise MeshrecError(f"keypoints.feature_stride must be one of {STRIDES}, got {self.keypoints.feature_stride}")
+
+
+@dataclass
+class Prediction:
+    """What the model says about a batch of B crops (camera frame of each crop, metres).
+
+    Attributes:
+        vertices: ``(B, V, 3)`` the final mesh.
+        joints: ``(B, 21, 3)`` OpenPose order, regressed from ``vertices``.
+        joints2d: ``(B, 21, 2)`` ``joints`` projected with ``K`` (pixels of the crop).
+        root: ``(B, 3)`` the wrist of the parametric hand.
+        joint_variance: ``(B, 21)`` sigma^2 (metres^2) of each joint's error after the last pass
+            a sample ran, or None when the loop is off.
+        passes_used: ``(B,)`` int64 refinement-loop passes each sample ran.
+        side: ``(B,)`` int64, 0 right, 1 left.
+        K: ``(B, 3, 3)`` intrinsics used; image_size ``(H, W)``.
+        global_vertices, global_joints: ``(B, V, 3)``, ``(B, 21, 3)`` the parametric stage.
+        global_rotations: ``(B, 16, 3, 3)`` its local joint rotations (MANO joint order; for a
+            left hand, those of the left model). betas ``(B, S)``; camera ``(B, 3)`` raw.
+        level_vertices: coarse-to-fine outputs, finest first, ``(B, V_l, 3)`` each.
+        pass_vertices, pass_log_variance, pass_exit_logit: per loop pass, ``(B, V, 3)``,
+            ``(B, 21)`` and ``(B,)`` (at inference, samples that left keep their last values).
+        keypoints2d, keypoint_depth: ``(B, 21, 2)`` pixels and ``(B, 21)`` root-relative depth
+            from the keypoint head (None when it is off); keypoint_head: its full output.
+        faces: ``(F, 3)`` the right hand's faces (see :meth:`faces_of`).
+    """
+
+    vertices: torch.Tensor
+    joints: torch.Tensor
+    joints2d: torch.Tensor
+    root: torch.Tensor
+    joint_variance: torch.Tensor | None
+    passes_used: torch.Tensor
+    side: torch.Tensor
+    K: torch.Tensor
+    image_size: tuple[int, int]
+    global_vertices: torch.Tensor
+    global_joints: torch.Tensor
+    global_rotations: torch.Tensor
+    betas: torch.Tensor
+    camera: torch.Tensor
+    faces: torch.Tensor
+    level_vertices: list[torch.Tensor] = field(default_factory=list)
+    pass_vertices: list[torch.Tensor] = field(default_factory=list)
+    pass_log_variance: list[torch.Tensor] = field(default_factory=list)
+    pass_exit_logit: list[torch.Tensor] = field(default_factory=list)
+    keypoints2d: torch.Tensor | None = None
+    keypoint_depth: torch.Tensor | None = None
+    keypoint_head: JointGroupsOutput | None = None
+
+    def __len__(self) -> int:
+        return self.vertices.shape[0]
+
+    def faces_of(self, index: int) -> torch.Tensor:
+        """``(F, 3)`` faces of sample ``index``, wound counter-clockwise seen from outside (a
+        left hand's are the right hand's with two corners swapped, since its mesh is mirrored)."""
+        return self.faces[:, [0, 2, 1]] if int(self.side[index]) == SIDE_LEFT else self.faces
+
+    def stage_vertices(self) -> dict[str, torch.Tensor]:
+        """Full-resolution meshes of every stage, in order: ``global``, ``coarse_to_fine`` (when
+        the refinement ran), ``pass_1`` ... ``pass_T``; each ``(B, V, 3)``."""
+        stages = {"global": self.global_vertices}
+        if self.level_vertices:
+            stages["coarse_to_fine"] = self.level_vertices[0]
+        for index, vertices in enumerate(self.pass_vertices, start=1):
+            stages[f"pass_{index}"] = vertices
+        return stages
+
+
+class HandMeshReconstructor(nn.Module):
+    """The full network (see the module docstring).
+
+    Args:
+        config: :class:`ModelConfig` (defaults: the open hand, 128 x 128, everything on).
+        hierarchy_cache_dir: where the mesh hierarchy is cached (default: the user cache).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, hierarchy_cache_dir: str | None = None) -> None:
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        model = load_mano(config.hand_model)
+        if model.side == "left":
+            model = mirror_model(model)
+        self.hand_model: ManoModel = model
+        regressor = joint_regressor_openpose(model)
+        self.register_buffer("joint_regressor", torch.as_tensor(regressor, dtype=torch.float32), persistent=False)
+        self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long), persistent=False)
+        self.backbone = Backbone(config.backbone)
+        channels = self.backbone.out_channels
+        self.global_stage = GlobalStage(channels[-1], model, config.global_stage, self.joint_regressor)
+        self.keypoint_head = None
+        if config.keypoints.enabled:
+            self.keypoint_level = STRIDES.index(config.keypoints.feature_stride)
+            self.keypoint_head = JointGroupsHead(channels[self.keypoint_level], config.keypoints)
+        self.refiner = None
+        if config.refinement.enabled:
+            hierarchy = load_or_build_hierarchy(
+                model.v_template, model.faces, factors=config.refinement.level_factors,
+                spiral_length=config.refinement.spiral_length, cache_dir=hierarchy_cache_dir,
+            )
+            self.refiner = MeshRefiner(model, hierarchy, regressor, channels, channels[-1], config.refinement, config.gate)
+        if config.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+            if self.keypoint_head is not None:
+                self.keypoint_head.to(memory_format=torch.channels_last)
+
+    @property
+    def num_vertices(self) -> int:
+        return self.hand_model.num_vertices
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        K: torch.Tensor | None = None,
+        side: str | Sequence | torch.Tensor | None = None,
+        *,
+        max_passes: int | None = None,
+        exit_threshold: float | None = None,
+        temperature: float | None = None,
+    ) -> Prediction:
+        """Reconstruct a batch of crops.
+
+        Args:
+            images: ``(B, 3, H, W)`` RGB in [0, 1], floating point in the model's dtype, H and W
+                multiples of 32.
+            K: ``(B, 3, 3)`` or ``(3, 3)`` intrinsics of the crops in pixels; None uses
+                :func:`~meshrec.geometry.camera.default_intrinsics` (25 degree field of view).
+            side: 'right' / 'left' for all, or ``(B,)`` of 0/1 or names; None is right.
+            max_passes: run at most this many loop passes (progressive training, fixed depth).
+            exit_threshold: override the gate's tau at inference.
+            temperature: Gumbel-softmax temperature of the keypoint head (training).
+        """
+        images, K, side = self.check_inputs(images, K, side)
+        height, width = images.shape[-2:]
+        image_size = (height, width)
+        left = side == SIDE_LEFT
+        any_left = bool(left.any())
+        if any_left:
+            images = torch.where(left.view(-1, 1, 1, 1), images.flip(-1), images)
+            K = torch.where(left.view(-1, 1, 1), flip_intrinsics(K, width), K)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+
+        pyramid = self.backbone(images)
+        pooled = pyramid[-1].mean(dim=(2, 3))
+        parametric = self.global_stage(pooled, K, image_size)
+        keypoints = None
+        if self.keypoint_head is not None:
+            keypoints = self.keypoint_head(pyramid[self.keypoint_level], temperature=temperature)
+        vertices = parametric.vertices
+        level_vertices, pass_vertices, pass_log_variance, pass_exit_logit = [], [], [], []
+        passes_used = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        joint_variance = None
+        if self.refiner is not None:
+            refined = self.refiner(
+                pyramid, parametric.vertices, parametric.root, K, image_size, pooled,
+                keypoints2d=keypoints.joints2d if keypoints is not None else None,
+                max_passes=max_passes, exit_threshold=exit_threshold,
+            )
+            level_vertices = refined.level_vertices
+            pass_vertices, pass_log_variance, pass_exit_logit = refined.pass_vertices, refined.pass_log_variance, refined.pass_exit_logit
+            passes_used = refined.passes_used
+            vertices = pass_vertices[-1] if pass_vertices else refined.coarse_to_fine_vertices
+            if pass_log_variance:
+                joint_variance = pass_log_variance[-1].exp()
+        joints = self.joint_regressor.to(vertices) @ vertices
+        prediction = Prediction(
+            vertices=vertices,
+            joints=joints,
+            joints2d=project_points(joints, K),
+            root=parametric.root,
+            joint_variance=joint_variance,
+            passes_used=passes_used,
+            side=side,
+            K=K,
+            image_size=image_size,
+            global_vertices=parametric.vertices,
+            global_joints=parametric.joints,
+            global_rotations=parametric.rotations,
+            betas=parametric.betas,
+            camera=parametric.camera,
+            faces=self.faces,
+            level_vertices=level_vertices,
+            pass_vertices=pass_vertices,
+            pass_log_variance=pass_log_variance,
+            pass_exit_logit=pass_exit_logit,
+            keypoints2d=keypoints.joints2d if keypoints is not None else None,
+            keypoint_depth=keypoints.depth if keypoints is not None else None,
+            keypoint_head=keypoints,
+        )
+        return mirror_left(prediction, left) if any_left else prediction
+
+    def check_inputs(self, images, K, side) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validate and normalise the inputs of :meth:`forward` (errors say expected vs actual)."""
+        if not isinstance(images, torch.Tensor):
+            raise MeshrecError(f"images must be a torch.Tensor (B, 3, H, W), got {type(images).__name__}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise MeshrecError(
+                f"images must have shape (B, 3, H, W) with 3 RGB channels, got {tuple(images.shape)}"
+                + ("; add a batch dimension with images[None]" if images.ndim == 3 else "")
+            )
+        dtype = self.joint_regressor.dtype
+        if images.dtype != dtype:
+            hint = " (convert 8-bit images with images.float() / 255)" if not images.is_floating_point() else ""
+            raise MeshrecError(f"images must be {dtype} in [0, 1] like the model's weights, got {images.dtype}{hint}")
+        height, width = images.shape[-2:]
+        if height < 32 or width < 32 or height % 32 or width % 32:
+            raise MeshrecError(
+                f"image height and width must be positive multiples of 32 (the pyramid's coarsest stride), "
+                f"got {height} x {width}; resize or crop to e.g. {self.config.image_size} x {self.config.image_size}"
+            )
+        if images.shape[0] == 0:
+            raise MeshrecError("images is an empty batch (B = 0)")
+        if not bool(torch.isfinite(images).all()):
+            raise MeshrecError("images contain NaN or Inf; check the image loading / augmentation that produced them")
+        batch = images.shape[0]
+        if K is None:
+            K = default_intrinsics((height, width), batch=batch, dtype=images.dtype, device=images.device)
+        else:
+            if not isinstance(K, torch.Tensor):
+                K = torch.as_tensor(K)
+            if K.shape == (3, 3):
+                K = K.expand(batch, 3, 3)
+            if K.shape != (batch, 3, 3):
+                raise MeshrecError(f"K must have shape ({batch}, 3, 3) or (3, 3) for {batch} images, got {tuple(K.shape)}")
+            K = K.to(dtype=images.dtype, device=images.device)
+            if not bool(torch.isfinite(K).all()) or bool((K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any()):
+                raise MeshrecError("K must be finite with positive focal lengths K[:, 0, 0] and K[:, 1, 1]")
+        return images, K, side_tensor(side, batch, images.device)
+
+
+def side_tensor(side, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(B,)`` int64 of 0 (right) / 1 (left) from None, a name, or a per-sample sequence."""
+    names = {"right": SIDE_RIGHT, "left": SIDE_LEFT, "r": SIDE_RIGHT, "l": SIDE_LEFT}
+    if side is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    if isinstance(side, str):
+        if side.lower() not in names:
+            raise MeshrecError(f"side must be 'right' or 'left', got {side!r}")
+        return torch.full((batch,), names[side.lower()], dtype=torch.long, device=device)
+    values = side.tolist() if isinstance(side, torch.Tensor) else list(side)
+    if len(values) != batch:
+        raise MeshrecError(f"side has {len(values)} entries for {batch} images; give one per image or one name")
+    flags = []
+    for value in values:
+        flag = names.get(value.lower()) if isinstance(value, str) else value
+        if flag not in (SIDE_RIGHT, SIDE_LEFT):
+            raise MeshrecError(f"side entries must be 0/'right' or 1/'left', got {value!r}")
+        flags.append(int(flag))
+    return torch.tensor(flags, dtype=torch.long, device=device)
+
+
+def flip_intrinsics(K: torch.Tensor, width: int) -> torch.Tensor:
+    """Intrinsics of the horizontally flipped image seeing the x-mirrored scene.
+
+    ``u' = W - 1 - u`` for a point ``(x, y, z)`` equals the projection of ``(-x, y, z)`` with
+    ``cx' = W - 1 - cx`` and the skew negated. ``(B, 3, 3) -> (B, 3, 3)``.
+    """
+    flipped = K.clone()
+    flipped[:, 0, 2] = (width - 1) - K[:, 0, 2]
+    flipped[:, 0, 1] = -K[:, 0, 1]
+    return flipped
+
+
+def _mirror_points(points: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    mask = left.view(-1, *([1] * (points.ndim - 1)))
+    return torch.where(mask, points * points.new_tensor([-1.0, 1.0, 1.0]), points)
+
+
+def _mirror_pixels(pixels: torch.Tensor, left: torch.Tensor, width: int) -> torch.Tensor:
+    mask = left.view(-1, *([1] * (pixels.ndim - 1)))
+    flipped = torch.stack([(width - 1) - pixels[..., 0], pixels[..., 1]], dim=-1)
+    return torch.where(mask, flipped, pixels)
+
+
+def mirror_left(prediction: Prediction, left: torch.Tensor) -> Prediction:
+    """Mirror the outputs of the samples flagged ``left`` back into their own camera frame."""
+    width = prediction.image_size[1]
+    points = lambda t: _mirror_points(t, left)  # noqa: E731
+    pixels = lambda t: _mirror_pixels(t, left, width)  # noqa: E731
+    reflection = torch.diag(prediction.vertices.new_tensor([-1.0, 1.0, 1.0]))
+    rotations = torch.where(
+        left.view(-1, 1, 1, 1), reflection @ prediction.global_rotations @ reflection, prediction.global_rotations
+    )
+    keypoint_head = prediction.keypoint_head
+    if keypoint_head is not None:
+        keypoint_head = dataclasses.replace(
+            keypoint_head,
+            joints2d=pixels(keypoint_head.joints2d),
+            group_joints2d=pixels(keypoint_head.group_joints2d),
+            heatmaps=torch.where(left.view(-1, 1, 1, 1), keypoint_head.heatmaps.flip(-1), keypoint_head.heatmaps),
+        )
+    return dataclasses.replace(
+        prediction,
+        vertices=points(prediction.vertices),
+        joints=points(prediction.joints),
+        joints2d=pixels(prediction.joints2d),
+        root=points(prediction.root.unsqueeze(1)).squeeze(1),
+        K=torch.where(left.view(-1, 1, 1), flip_intrinsics(prediction.K, width), prediction.K),
+        global_vertices=points(prediction.global_vertices),
+        global_joints=points(prediction.global_joints),
+        global_rotations=rotations,
+        level_vertices=[points(v) for v in prediction.level_vertices],
+        pass_vertices=[points(v) for v in prediction.pass_vertices],
+        keypoints2d=keypoint_head.joints2d if keypoint_head is not None else None,
+        keypoint_head=keypoint_head,
+    )

@@ -1,0 +1,378 @@
+"""Coarse-to-fine refinement with pixel-aligned features, and the gated weight-sharing loop.
+
+The parametric mesh is down-sampled through a hierarchy built from the hand model's own faces
+(:mod:`meshrec.geometry.mesh_hierarchy`: V -> ~V/4 -> ~V/16 -> ~V/64). Starting at the coarsest
+level, each level
+
+1. places its vertices: the parametric mesh at that resolution plus the offsets found so far
+   (up-sampled barycentrically from the coarser level);
+2. projects them with the crop's K and samples the pyramid level whose resolution matches the
+   mesh's (coarsest mesh <-> stride 32, full mesh <-> stride 4);
+3. fuses the sampled features with the features carried up from the coarser level, the vertex
+   positions, a keypoint-guidance term and the global image feature in a spiral graph block;
+4. predicts vertex offsets.
+
+At the full resolution a single block, shared across passes, refines again up to ``max_passes``
+times. After every pass a head predicts each joint's error variance and the probability that
+another pass is not worth it. In training every pass runs (all are supervised); at inference a
+sample leaves as soon as ``p_exit > exit_threshold``, and later passes run only on the samples
+still inside (index-selected sub-batches, so the saving is real).
+
+Keypoint guidance: each vertex is attached to one of the 21 keypoints (the nearest one on the
+rest mesh among those of the bone that moves it most). Its guidance input is the 2D vector from
+where the current mesh puts that keypoint to where the keypoint head sees it, in half-crop
+units: a direct, pixel-aligned hint of which way the vertex should move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from manolayer.io import ManoModel
+from manolayer.joints import OPENPOSE_PARENTS, OPENPOSE_TO_MANO21
+from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import project_points
+from meshrec.geometry.mesh_hierarchy import MeshHierarchy, apply_sparse_map
+from meshrec.models.graph import SpiralBlock, retrieve_vertex_features
+
+# log-variance limits (metres^2): sigma from 0.3 mm to 1 m keeps the NLL finite.
+LOG_VARIANCE_RANGE = (-16.0, 0.0)
+# initial log-variance: sigma = 1 cm
+LOG_VARIANCE_INIT = -9.2
+
+
+@dataclass
+class RefinementConfig:
+    """Coarse-to-fine refinement.
+
+    Attributes:
+        enabled: False skips the whole refinement (the global stage alone).
+        level_factors: decimation factor between consecutive hierarchy levels.
+        spiral_length: neighbourhood size of the spiral convolutions.
+        widths: block width per mesh level, finest first (one entry per level).
+        offset_scale: metres per unit of the offset heads' output (keeps initial steps small).
+        keypoint_guidance: feed the keypoint head's 2D joints to the blocks.
+    """
+
+    enabled: bool = True
+    level_factors: tuple[int, ...] = (4, 4, 4)
+    spiral_length: int = 9
+    widths: tuple[int, ...] = (16, 24, 48, 64)
+    offset_scale: float = 0.01
+    keypoint_guidance: bool = True
+
+    def __post_init__(self) -> None:
+        self.level_factors = tuple(int(f) for f in self.level_factors)
+        self.widths = tuple(int(w) for w in self.widths)
+        if len(self.widths) != len(self.level_factors) + 1:
+            raise MeshrecError(
+                f"refinement.widths needs one entry per mesh level ({len(self.level_factors) + 1} for "
+                f"level_factors {self.level_factors}), got {self.widths}"
+            )
+        if min(self.widths) < 1 or self.spiral_length < 2 or not self.offset_scale > 0:
+            raise MeshrecError(
+                f"refinement needs widths >= 1, spiral_length >= 2, offset_scale > 0; got {self.widths}, "
+                f"{self.spiral_length}, {self.offset_scale}"
+            )
+
+
+@dataclass
+class GateConfig:
+    """The gated loop at the finest mesh level.
+
+    Attributes:
+        max_passes: T_max, the most passes of the shared block (0 disables the loop).
+        exit_threshold: tau; at inference a sample leaves when ``p_exit > tau``. 1.0 never
+            exits early (always T_max), any negative value always exits after one pass.
+        adaptive: False runs every pass at inference too (fixed depth).
+    """
+
+    max_passes: int = 3
+    exit_threshold: float = 0.5
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_passes < 0:
+            raise MeshrecError(f"gate.max_passes must be >= 0, got {self.max_passes}")
+
+
+@dataclass
+class RefinementOutput:
+    """What the refinement produced.
+
+    Attributes:
+        level_vertices: per hierarchy level, finest (level 0, the full mesh) first,
+            ``(B, V_l, 3)`` after that level's block (camera frame, metres).
+        coarse_to_fine_vertices: ``(B, V, 3)`` the full mesh after the coarse-to-fine stage.
+        pass_vertices: per loop pass, ``(B, V, 3)``. At inference a sample that already left
+            keeps its last mesh in later entries.
+        pass_log_variance: per pass, ``(B, 21)`` log sigma^2 of each joint's error (metres^2).
+        pass_exit_logit: per pass, ``(B,)`` logit of p_exit.
+        passes_used: ``(B,)`` int64, passes each sample ran (0 when the loop is off).
+    """
+
+    level_vertices: list[torch.Tensor]
+    coarse_to_fine_vertices: torch.Tensor
+    pass_vertices: list[torch.Tensor] = field(default_factory=list)
+    pass_log_variance: list[torch.Tensor] = field(default_factory=list)
+    pass_exit_logit: list[torch.Tensor] = field(default_factory=list)
+    passes_used: torch.Tensor | None = None
+
+
+def vertex_keypoint_association(model: ManoModel, rest_keypoints: np.ndarray, vertices: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """For each vertex, the OpenPose keypoint that guides it.
+
+    Args:
+        model: the hand model (for its kinematic tree).
+        rest_keypoints: ``(21, 3)`` keypoints of the rest mesh, OpenPose order.
+        vertices: ``(N, 3)`` rest positions of the vertices to attach.
+        weights: ``(N, 16)`` skinning weights of those vertices (MANO joint order).
+
+    Returns:
+        ``(N,)`` int64 keypoint ids: the nearest of the keypoints that bound the vertex's
+        dominant bone (the bone's joint and its children in OpenPose order).
+    """
+    openpose_of_mano_joint = np.asarray(OPENPOSE_TO_MANO21)[:16]  # mano21[k] = openpose[this[k]]
+    children = {k: [c for c, p in enumerate(OPENPOSE_PARENTS) if p == k] for k in range(21)}
+    dominant = weights.argmax(axis=1)
+    association = np.empty(len(vertices), dtype=np.int64)
+    for joint in np.unique(dominant):
+        keypoint = int(openpose_of_mano_joint[joint])
+        candidates = np.asarray([keypoint, *children[keypoint]])
+        rows = np.flatnonzero(dominant == joint)
+        distances = np.linalg.norm(vertices[rows, None, :] - rest_keypoints[None, candidates, :], axis=-1)
+        association[rows] = candidates[distances.argmin(axis=1)]
+    return association
+
+
+def _level_buffers(model: ManoModel, hierarchy: MeshHierarchy, joint_regressor: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per hierarchy level: keypoint regressor ``(21, V_l)`` and keypoint association ``(V_l,)``.
+
+    The level-l regressor composes the full-resolution one with the up-sampling maps, so
+    keypoints of a coarse mesh are those of the full mesh it up-samples to.
+    """
+    rest_keypoints = joint_regressor @ model.v_template
+    regressor = joint_regressor
+    weights = model.weights
+    levels = []
+    for level in range(hierarchy.num_levels):
+        if level > 0:
+            regressor = regressor @ hierarchy.up[level - 1].as_scipy().toarray()
+            weights = hierarchy.down[level - 1].as_scipy() @ weights
+        association = vertex_keypoint_association(model, rest_keypoints, hierarchy.vertices[level], weights)
+        levels.append({"joint_regressor": regressor, "association": association})
+    return levels
+
+
+class _Heads(nn.Module):
+    """Per-pass heads at the full mesh: offsets, per-joint log-variance and the exit logit."""
+
+    def __init__(self, channels: int, offset_scale: float) -> None:
+        super().__init__()
+        self.offset_scale = offset_scale
+        self.offset = nn.Linear(channels, 3)
+        self.variance = nn.Linear(channels + 3, 1)
+        self.exit = nn.Linear(channels + 3, 1)
+        nn.init.normal_(self.offset.weight, std=1e-3)
+        nn.init.zeros_(self.offset.bias)
+        nn.init.normal_(self.variance.weight, std=1e-3)
+        nn.init.constant_(self.variance.bias, LOG_VARIANCE_INIT)
+
+
+class MeshRefiner(nn.Module):
+    """Coarse-to-fine refinement plus the gated loop (see the module docstring).
+
+    Args:
+        model: the (right) hand model whose topology is refined.
+        hierarchy: its :class:`MeshHierarchy`.
+        joint_regressor: ``(21, V)`` numpy, OpenPose keypoints from full-resolution vertices.
+        pyramid_channels: channels of the backbone's pyramid, finest (stride 4) first.
+        condition_channels: width of the per-sample global feature.
+        config, gate: :class:`RefinementConfig`, :class:`GateConfig`.
+    """
+
+    def __init__(
+        self,
+        model: ManoModel,
+        hierarchy: MeshHierarchy,
+        joint_regressor: np.ndarray,
+        pyramid_channels: tuple[int, ...],
+        condition_channels: int,
+        config: RefinementConfig,
+        gate: GateConfig,
+    ) -> None:
+        super().__init__()
+        if hierarchy.num_levels != len(config.widths):
+            raise MeshrecError(f"the mesh hierarchy has {hierarchy.num_levels} levels, refinement.widths {len(config.widths)}")
+        self.config = config
+        self.gate = gate
+        self.num_levels = hierarchy.num_levels
+        self.pyramid_index = [min(level, len(pyramid_channels) - 1) for level in range(self.num_levels)]
+        guidance = 2 if config.keypoint_guidance else 0
+        for level, buffers in enumerate(_level_buffers(model, hierarchy, joint_regressor)):
+            self.register_buffer(f"regressor_{level}", torch.as_tensor(buffers["joint_regressor"], dtype=torch.float32), persistent=False)
+            self.register_buffer(f"association_{level}", torch.as_tensor(buffers["association"]), persistent=False)
+        for level in range(self.num_levels - 1):
+            self.register_buffer(f"down_index_{level}", torch.tensor(hierarchy.down[level].indices), persistent=False)
+            self.register_buffer(f"down_weight_{level}", torch.tensor(hierarchy.down[level].weights, dtype=torch.float32), persistent=False)
+            self.register_buffer(f"up_index_{level}", torch.tensor(hierarchy.up[level].indices), persistent=False)
+            self.register_buffer(f"up_weight_{level}", torch.tensor(hierarchy.up[level].weights, dtype=torch.float32), persistent=False)
+        spirals = [torch.tensor(s) for s in hierarchy.spirals]
+        self.blocks = nn.ModuleList()
+        self.offset_heads = nn.ModuleList()
+        for level in range(self.num_levels):
+            carried = config.widths[level + 1] if level + 1 < self.num_levels else 0
+            in_channels = pyramid_channels[self.pyramid_index[level]] + 1 + 3 + carried + guidance
+            self.blocks.append(SpiralBlock(in_channels, config.widths[level], condition_channels, spirals[level]))
+            head = nn.Linear(config.widths[level], 3)
+            nn.init.normal_(head.weight, std=1e-3)
+            nn.init.zeros_(head.bias)
+            self.offset_heads.append(head)
+        self.loop_block = None
+        if gate.max_passes > 0:
+            width = config.widths[0]
+            in_channels = pyramid_channels[0] + 1 + 3 + width + guidance
+            self.loop_block = SpiralBlock(in_channels, width, condition_channels, spirals[0])
+            self.loop_heads = _Heads(width, config.offset_scale)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _down(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Level ``level`` -> ``level + 1``."""
+        return apply_sparse_map(x, getattr(self, f"down_index_{level}"), getattr(self, f"down_weight_{level}"))
+
+    def _up(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """Level ``level + 1`` -> ``level``."""
+        return apply_sparse_map(x, getattr(self, f"up_index_{level}"), getattr(self, f"up_weight_{level}"))
+
+    def _keypoints(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
+        return getattr(self, f"regressor_{level}").to(vertices) @ vertices
+
+    def _inputs(self, vertices, level, feature_map, K, image_size, root, keypoints2d, carried):
+        """Per-vertex block inputs at one level: ``(B, V_l, C_in)``."""
+        sampled, inside, _ = retrieve_vertex_features(feature_map, vertices, K, image_size)
+        parts = [sampled, inside, (vertices - root.unsqueeze(1)) * 10.0]  # decimetres: O(1) inputs
+        if carried is not None:
+            parts.append(carried)
+        if self.config.keypoint_guidance:
+            parts.append(self._guidance(vertices, level, K, image_size, keypoints2d))
+        return torch.cat(parts, dim=-1)
+
+    def _guidance(self, vertices, level, K, image_size, keypoints2d) -> torch.Tensor:
+        association = getattr(self, f"association_{level}")
+        if keypoints2d is None:
+            return vertices.new_zeros(vertices.shape[0], vertices.shape[1], 2)
+        mesh_keypoints = project_points(self._keypoints(vertices, level), K)
+        half = vertices.new_tensor([image_size[1] / 2.0, image_size[0] / 2.0])
+        residual = (keypoints2d - mesh_keypoints) / half  # (B, 21, 2)
+        return residual.index_select(1, association)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        pyramid: list[torch.Tensor],
+        base_vertices: torch.Tensor,
+        root: torch.Tensor,
+        K: torch.Tensor,
+        image_size: tuple[int, int],
+        condition: torch.Tensor,
+        keypoints2d: torch.Tensor | None = None,
+        max_passes: int | None = None,
+        exit_threshold: float | None = None,
+    ) -> RefinementOutput:
+        """Refine the parametric mesh.
+
+        Args:
+            pyramid: ``[(B, C_s, H/s, W/s)]`` for s = 4, 8, 16, 32.
+            base_vertices: ``(B, V, 3)`` the global stage's mesh, camera frame.
+            root: ``(B, 3)`` its wrist.
+            K: ``(B, 3, 3)`` crop intrinsics; image_size ``(H, W)``.
+            condition: ``(B, C)`` global image feature.
+            keypoints2d: ``(B, 21, 2)`` the keypoint head's pixels, or None.
+            max_passes: override of ``gate.max_passes`` (progressive training, fixed-depth runs).
+            exit_threshold: override of ``gate.exit_threshold``.
+        """
+        bases = [base_vertices]
+        for level in range(self.num_levels - 1):
+            bases.append(self._down(bases[-1], level))
+        level_vertices: list[torch.Tensor] = [None] * self.num_levels  # type: ignore[list-item]
+        offset = carried = None
+        for level in reversed(range(self.num_levels)):
+            vertices = bases[level]
+            if offset is not None:
+                vertices = vertices + self._up(offset, level)
+                carried = self._up(carried, level)
+            feature_map = pyramid[self.pyramid_index[level]]
+            inputs = self._inputs(vertices, level, feature_map, K, image_size, root, keypoints2d, carried)
+            carried = self.blocks[level](inputs, condition)
+            vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
+            level_vertices[level] = vertices
+            offset = vertices - bases[level]
+        output = RefinementOutput(level_vertices=level_vertices, coarse_to_fine_vertices=level_vertices[0])
+        passes = self.gate.max_passes if max_passes is None else max_passes
+        if self.loop_block is None or passes <= 0:
+            output.passes_used = torch.zeros(base_vertices.shape[0], dtype=torch.long, device=base_vertices.device)
+            return output
+        if passes > self.gate.max_passes:
+            raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
+        threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
+        adaptive = self.gate.adaptive and not self.training
+        self._loop(output, level_vertices[0], carried, pyramid[0], K, image_size, root, condition, keypoints2d, passes, threshold, adaptive)
+        return output
+
+    def _loop(self, output, vertices, hidden, feature_map, K, image_size, root, condition, keypoints2d, passes, threshold, adaptive):
+        batch = vertices.shape[0]
+        passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
+        log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
+        exit_logit = vertices.new_zeros(batch)
+        active = None  # None: every sample (no index_select needed)
+        for step in range(passes):
+            def take(t):
+                return t if active is None or t is None else t.index_select(0, active)
+
+            sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
+            inputs = self._inputs(sub_vertices, 0, take(feature_map), sub_K, image_size, sub_root, take(keypoints2d), sub_hidden)
+            sub_hidden = self.loop_block(inputs, take(condition))
+            move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
+            sub_vertices = sub_vertices + move
+            sub_log_variance, sub_exit = self._pass_heads(sub_vertices, sub_hidden, sub_root, move, step, passes)
+            if active is None:
+                vertices, hidden, log_variance, exit_logit = sub_vertices, sub_hidden, sub_log_variance, sub_exit
+                passes_used = passes_used + 1
+            else:
+                vertices = vertices.index_copy(0, active, sub_vertices)
+                hidden = hidden.index_copy(0, active, sub_hidden)
+                log_variance = log_variance.index_copy(0, active, sub_log_variance)
+                exit_logit = exit_logit.index_copy(0, active, sub_exit)
+                passes_used = passes_used.index_add(0, active, torch.ones_like(active))
+            output.pass_vertices.append(vertices)
+            output.pass_log_variance.append(log_variance)
+            output.pass_exit_logit.append(exit_logit)
+            if adaptive and step + 1 < passes:
+                stay = torch.sigmoid(sub_exit) <= threshold
+                if not bool(stay.all()):
+                    current = torch.arange(batch, device=vertices.device) if active is None else active
+                    active = current[stay]
+                    if active.numel() == 0:
+                        break
+        output.passes_used = passes_used
+
+    def _pass_heads(self, vertices, hidden, root, move, step, passes):
+        """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass."""
+        regressor = self.regressor_0.to(hidden)
+        joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
+        joint_positions = (regressor @ vertices - root.unsqueeze(1)) * 10.0
+        log_variance = self.loop_heads.variance(torch.cat([joint_features, joint_positions], -1)).squeeze(-1)
+        log_variance = log_variance.clamp(*LOG_VARIANCE_RANGE)
+        movement_mm = move.norm(dim=-1).mean(dim=1, keepdim=True) * 1000.0
+        summary = torch.cat(
+            [joint_features.mean(1), log_variance.mean(1, keepdim=True) - LOG_VARIANCE_INIT, movement_mm,
+             movement_mm.new_full(movement_mm.shape, (step + 1) / passes)],
+            dim=-1,
+        )
+        return log_variance, self.loop_heads.exit(summary).squeeze(-1)

@@ -1,0 +1,264 @@
+"""The reconstruction network: shapes, gradients, pixel alignment, the gate, sides, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from manolayer.io import load_mano
+from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import default_intrinsics, project_points
+from meshrec.models.backbone import BackboneConfig
+from meshrec.models.graph import SpiralBlock, pixels_to_grid, retrieve_vertex_features, sample_vertex_features
+from meshrec.models.joint_groups import JointGroupsConfig
+from meshrec.models.reconstructor import HandMeshReconstructor, ModelConfig, flip_intrinsics
+from meshrec.models.refinement import GateConfig
+from meshrec.render import gl_available
+
+SIZE = 64  # small crops keep these tests fast; the default is 128
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hierarchy"))
+
+
+def small_config(**changes) -> ModelConfig:
+    config = ModelConfig(image_size=SIZE, backbone=BackboneConfig(widths=(8, 16, 24, 32)), gate=GateConfig(max_passes=3))
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def model(cache_dir) -> HandMeshReconstructor:
+    torch.manual_seed(0)
+    return HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+
+
+def hand_batch(batch: int = 2, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, SIZE, SIZE, generator=generator, dtype=dtype)
+    return images, default_intrinsics(SIZE, batch=batch, dtype=dtype)
+
+
+def test_prediction_shapes_follow_the_inputs(model):
+    images, K = hand_batch(3)
+    with torch.no_grad():
+        prediction = model(images, K)
+    V = model.num_vertices
+    assert prediction.vertices.shape == (3, V, 3) and prediction.vertices.dtype == torch.float32
+    assert prediction.joints.shape == (3, 21, 3) and prediction.joints2d.shape == (3, 21, 2)
+    assert prediction.keypoints2d.shape == (3, 21, 2) and prediction.joint_variance.shape == (3, 21)
+    assert prediction.global_rotations.shape == (3, 16, 3, 3) and prediction.root.shape == (3, 3)
+    assert [v.shape[1] for v in prediction.level_vertices][0] == V
+    assert len(prediction.pass_vertices) == prediction.passes_used.max().item() <= 3
+    assert list(prediction.stage_vertices())[:2] == ["global", "coarse_to_fine"]
+    # the hand is in front of the camera and roughly in the crop
+    assert (prediction.vertices[..., 2] > 0.05).all()
+    uv = project_points(prediction.vertices, K)
+    assert ((uv > -SIZE) & (uv < 2 * SIZE)).float().mean() > 0.9
+
+
+def test_float64_model_gives_float64_outputs(cache_dir):
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).double().eval()
+    images, K = hand_batch(1, torch.float64)
+    with torch.no_grad():
+        prediction = model(images, K)
+    assert prediction.vertices.dtype == torch.float64 and prediction.joint_variance.dtype == torch.float64
+
+
+def test_runs_on_the_device(cache_dir, device):
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).to(device).eval()
+    images, K = hand_batch(2)
+    with torch.no_grad():
+        prediction = model(images.to(device), K.to(device), side=["right", "left"])
+    assert prediction.vertices.device.type == device.type and prediction.passes_used.device.type == device.type
+
+
+def test_training_runs_every_pass_and_backpropagates(cache_dir):
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).train()
+    images, K = hand_batch(2)
+    prediction = model(images, K, temperature=0.5)
+    assert len(prediction.pass_vertices) == 3 and prediction.passes_used.tolist() == [3, 3]
+    loss = prediction.vertices.square().mean() + prediction.keypoints2d.square().mean() + prediction.pass_exit_logit[0].sum()
+    loss.backward()
+    assert model.backbone.stem[0].weight.grad.abs().sum() > 0
+    assert model.refiner.loop_block.spiral1.linear.weight.grad.abs().sum() > 0
+    assert model.refiner.loop_heads.exit.weight.grad.abs().sum() > 0
+
+
+def test_gate_threshold_changes_passes_and_counted_compute(model):
+    images, K = hand_batch(4)
+
+    def run(threshold):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            prediction = model(images, K, exit_threshold=threshold)
+        return prediction.passes_used, counter.get_total_flops()
+
+    never_passes, never_flops = run(1.0)  # p_exit > 1 never holds
+    always_passes, always_flops = run(-1.0)  # p_exit > -1 always holds
+    assert never_passes.tolist() == [3] * 4 and always_passes.tolist() == [1] * 4
+    one_pass, _ = run(-1.0)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images, K, max_passes=1)
+    single = counter.get_total_flops()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(images, K, max_passes=2)
+    per_pass = counter.get_total_flops() - single
+    assert per_pass > 0
+    assert always_flops == single
+    assert never_flops == pytest.approx(single + 2 * per_pass, rel=1e-6)
+
+
+def test_exited_samples_are_not_computed(model):
+    """A sample that left keeps its mesh; the others go on (sub-batch, not masking)."""
+    images, K = hand_batch(4)
+    with torch.no_grad():
+        full = model(images, K, exit_threshold=1.0)
+        logits = full.pass_exit_logit[0]
+    threshold = float(torch.sigmoid(logits).median())
+    with torch.no_grad():
+        mixed = model(images, K, exit_threshold=threshold)
+    left_early = torch.sigmoid(logits) > threshold
+    assert 0 < left_early.sum() < 4
+    assert mixed.passes_used[left_early].eq(1).all() and mixed.passes_used[~left_early].eq(3).all()
+    torch.testing.assert_close(mixed.vertices[left_early], full.pass_vertices[0][left_early])
+    torch.testing.assert_close(mixed.vertices[~left_early], full.vertices[~left_early], atol=1e-5, rtol=1e-5)
+
+
+def test_left_hand_is_the_mirrored_right_hand(model):
+    images, K = hand_batch(2)
+    with torch.no_grad():
+        right = model(images, K, side="right")
+        left = model(images.flip(-1), flip_intrinsics(K, SIZE), side="left")
+    mirror = torch.tensor([-1.0, 1.0, 1.0])
+    torch.testing.assert_close(left.vertices, right.vertices * mirror, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(left.joints2d[..., 0], (SIZE - 1) - right.joints2d[..., 0], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(left.keypoints2d[..., 0], (SIZE - 1) - right.keypoints2d[..., 0], atol=1e-3, rtol=1e-4)
+    # left faces are re-wound so normals still point outwards
+    assert left.faces_of(0)[0].tolist() == right.faces[0, [0, 2, 1]].tolist()
+
+
+def test_retrieval_projection_gradcheck():
+    generator = torch.Generator().manual_seed(0)
+    feature_map = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    uv = (torch.rand(2, 6, 2, dtype=torch.float64, generator=generator) * 14 + 0.7).requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, p: sample_vertex_features(f, p, (16, 20))[0], (feature_map, uv))
+    vertices = torch.tensor([[[0.01, 0.02, 0.5], [-0.03, 0.0, 0.45]]], dtype=torch.float64, requires_grad=True)
+    K = default_intrinsics((16, 20), batch=1, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f, v: retrieve_vertex_features(f, v, K, (16, 20))[0], (feature_map[:1], vertices))
+
+
+def test_graph_block_gradcheck(model):
+    spirals = model.refiner.blocks[-1].spiral1.spirals
+    block = SpiralBlock(4, 3, 2, spirals).double()
+    inputs = torch.rand(2, spirals.shape[0], 4, dtype=torch.float64, requires_grad=True)
+    condition = torch.rand(2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(block, (inputs, condition))
+
+
+def test_sampling_reads_the_cell_under_the_pixel():
+    """Every stride: a map whose cells hold their own centre pixel returns the sampled pixel."""
+    for stride in (1, 4, 8, 32):
+        size = 64
+        cells = torch.arange(size // stride, dtype=torch.float64) * stride + (stride - 1) / 2.0
+        feature_map = torch.stack(torch.meshgrid(cells, cells, indexing="xy"))[None]  # (1, 2, h, w): (u, v)
+        uv = torch.tensor([[[20.3, 31.7], [(stride - 1) / 2.0, 40.0]]], dtype=torch.float64)
+        sampled, inside = sample_vertex_features(feature_map, uv, (size, size))
+        torch.testing.assert_close(sampled, uv) if stride == 1 else None
+        assert inside.flatten().tolist() == [1.0, 1.0]
+    assert pixels_to_grid(torch.tensor([[[-0.5, 63.5]]]), (64, 64)).tolist() == [[[-1.0, 1.0]]]
+
+
+@pytest.mark.skipif(not gl_available(), reason="OpenGL (EGL) renderer unavailable")
+def test_retrieval_reads_the_pixel_the_renderer_draws_the_vertex_on():
+    """Sample the rendered depth map where retrieval projects each vertex: visible vertices
+    read their own depth back."""
+    from meshrec.render import get_renderer
+
+    hand = load_mano(None)
+    vertices = torch.as_tensor(hand.v_template, dtype=torch.float32)
+    rotation = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # fingers up
+    vertices = (vertices - vertices.mean(0)) @ rotation.T + torch.tensor([0.0, 0.0, 0.6])
+    size = 128
+    K = default_intrinsics(size, batch=1)
+    rendered = get_renderer("gl").render(vertices[None], hand.faces, K, size)
+    depth = torch.as_tensor(rendered.depth)[:, None]  # (1, 1, H, W)
+    sampled, inside, uv = retrieve_vertex_features(depth, vertices[None], K, (size, size))
+    sampled, z = sampled[0, :, 0], vertices[:, 2]
+    # visible: the depth buffer at the vertex's pixel is its own depth (occluded ones read a nearer surface)
+    pixel = uv[0].round().long()
+    assert ((pixel >= 0) & (pixel < size)).all(), "the whole hand is in the crop"
+    nearest = depth[0, 0, pixel[:, 1], pixel[:, 0]]
+    visible = (nearest - z).abs() < 1e-3
+    assert visible.sum() > 300
+    # bilinear reading at sub-pixel positions; the depth gradient over half a pixel is ~1 mm here
+    error = (sampled[visible] - z[visible]).abs()
+    assert error.median() < 1e-3 and inside[0, visible].all()
+
+
+@pytest.mark.parametrize(
+    "images, K, match",
+    [
+        (torch.rand(2, 3, 60, 64), None, r"multiples of 32 .*got 60 x 64"),
+        (torch.rand(2, 4, 64, 64), None, r"3 RGB channels, got \(2, 4, 64, 64\)"),
+        (torch.rand(3, 64, 64), None, r"add a batch dimension"),
+        ((torch.rand(2, 3, 64, 64) * 255).to(torch.uint8), None, r"torch.float32 .* got torch.uint8 .*255"),
+        (torch.rand(2, 3, 64, 64, dtype=torch.float64), None, r"torch.float32 .* got torch.float64"),
+        (torch.full((2, 3, 64, 64), float("nan")), None, r"NaN or Inf"),
+        (torch.rand(2, 3, 64, 64), default_intrinsics(64, batch=3), r"K must have shape \(2, 3, 3\) .* got \(3, 3, 3\)"),
+        (torch.rand(2, 3, 64, 64), torch.zeros(2, 3, 3), r"positive focal"),
+    ],
+)
+def test_bad_input_is_named(model, images, K, match):
+    with pytest.raises(MeshrecError, match=match):
+        model(images, K)
+
+
+def test_bad_side_is_named(model):
+    images, K = hand_batch(2)
+    with pytest.raises(MeshrecError, match="side has 3 entries for 2 images"):
+        model(images, K, side=[0, 1, 0])
+    with pytest.raises(MeshrecError, match="'right' or 'left'"):
+        model(images, K, side="up")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"keypoints": JointGroupsConfig(enabled=False)},
+        {"keypoints": JointGroupsConfig(groups=1)},
+        {"gate": GateConfig(max_passes=0)},
+        {"refinement": dataclasses.replace(ModelConfig().refinement, enabled=False)},
+        {"global_stage": dataclasses.replace(ModelConfig().global_stage, pose_param="pca")},
+    ],
+    ids=["no-keypoints", "holistic-G1", "no-loop", "global-only", "pca-pose"],
+)
+def test_every_part_can_be_switched(cache_dir, changes):
+    model = HandMeshReconstructor(small_config(**changes), hierarchy_cache_dir=cache_dir).eval()
+    images, K = hand_batch(2)
+    with torch.no_grad():
+        prediction = model(images, K)
+    assert prediction.vertices.shape == (2, model.num_vertices, 3) and torch.isfinite(prediction.vertices).all()
+
+
+def test_backbone_weights_load_and_mismatches_are_named(cache_dir, tmp_path, model):
+    path = tmp_path / "backbone.pt"
+    torch.save(model.state_dict(), path)  # a whole model's state dict: 'backbone.' prefixes
+    loaded = HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 32), weights=str(path))), hierarchy_cache_dir=cache_dir)
+    for name, tensor in model.backbone.state_dict().items():
+        torch.testing.assert_close(loaded.backbone.state_dict()[name], tensor)
+    with pytest.raises(MeshrecError, match=r"do not fit the configured backbone .*wrong shapes"):
+        HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 48), weights=str(path))), hierarchy_cache_dir=cache_dir)
+    with pytest.raises(MeshrecError, match="not found"):
+        HandMeshReconstructor(small_config(backbone=BackboneConfig(weights=str(tmp_path / "missing.pt"))), hierarchy_cache_dir=cache_dir)
+
+
+def test_checkpoints_carry_no_hand_model_data(model):
+    """MANO's licence: the model's arrays are non-persistent buffers, never saved."""
+    state = model.state_dict()
+    sizes = {tuple(t.shape) for t in state.values()}
+    V = model.num_vertices
+    assert not any(V in shape for shape in sizes)
