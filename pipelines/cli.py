@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "build-open-hand": ("pipelines.build_open_hand", "build the CC0 open hand model from MakeHuman assets"),
     "render-hand": ("pipelines.render_hand", "draw the hand model in sampled poses to a PNG"),
     "synth": ("pipelines.synth", "render a synthetic hand data set in the FreiHAND layout"),
+    "train": ("pipelines.train", "train a model (full, sparse 2D/3D or mixed labels)"),
 }
 
 

@@ -14,6 +14,7 @@ exactly the left hand's; callers and losses only ever see their own camera frame
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -118,6 +119,13 @@ class Prediction:
         left hand's are the right hand's with two corners swapped, since its mesh is mirrored)."""
         return self.faces[:, [0, 2, 1]] if int(self.side[index]) == SIDE_LEFT else self.faces
 
+    def to_trimesh(self, index: int, with_uncertainty: bool = True):
+        """Sample ``index`` as a ``trimesh.Trimesh`` (vertex order kept; per-vertex uncertainty as
+        vertex colours when the loop ran). See :func:`meshrec.export.prediction_mesh`."""
+        from meshrec.export import prediction_mesh
+
+        return prediction_mesh(self, index, with_uncertainty=with_uncertainty)
+
     def stage_vertices(self) -> dict[str, torch.Tensor]:
         """Full-resolution meshes of every stage, in order: ``global``, ``coarse_to_fine`` (when
         the refinement ran), ``pass_1`` ... ``pass_T``; each ``(B, V, 3)``."""
@@ -169,6 +177,45 @@ class HandMeshReconstructor(nn.Module):
     @property
     def num_vertices(self) -> int:
         return self.hand_model.num_vertices
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu", hierarchy_cache_dir: str | None = None
+    ) -> "HandMeshReconstructor":
+        """The network of a training checkpoint (``meshrec train``'s ``last.ckpt`` / ``best.ckpt``),
+        in eval mode on ``device``. The configuration is read from the checkpoint itself."""
+        from meshrec.config import config_from_dict
+
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise MeshrecError(f"checkpoint not found: {path}") from None
+        except Exception as error:  # torch raises many types for a corrupt file; name the file
+            raise MeshrecError(f"cannot read checkpoint {path}: {error}") from None
+        try:
+            model_config = checkpoint["hyper_parameters"]["config"]["model"]
+            state = checkpoint["state_dict"]
+        except (KeyError, TypeError):
+            raise MeshrecError(f"{path} is not a meshrec training checkpoint (no hyper_parameters.config.model / state_dict)") from None
+        model = cls(config_from_dict(ModelConfig, model_config, where="model"), hierarchy_cache_dir=hierarchy_cache_dir)
+        weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+        model.load_state_dict(weights)
+        return model.to(device).eval()
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, K: torch.Tensor | None = None, side=None, **kwargs) -> Prediction:
+        """Inference: :meth:`forward` in eval mode without gradients (the gate decides the depth)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images, K, side, **kwargs)
+        finally:
+            self.train(was_training)
+
+    def mesh_levels(self, vertices: torch.Tensor) -> list[torch.Tensor]:
+        """A full-resolution mesh ``(B, V, 3)`` down-sampled to every refinement level, finest
+        first (to compare label meshes with ``Prediction.level_vertices``)."""
+        return self.refiner.mesh_levels(vertices) if self.refiner is not None else [vertices]
 
     def forward(
         self,

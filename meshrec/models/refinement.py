@@ -249,6 +249,13 @@ class MeshRefiner(nn.Module):
         """Level ``level + 1`` -> ``level``."""
         return apply_sparse_map(x, getattr(self, f"up_index_{level}"), getattr(self, f"up_weight_{level}"))
 
+    def mesh_levels(self, vertices: torch.Tensor) -> list[torch.Tensor]:
+        """A full-resolution mesh ``(B, V, 3)`` at every hierarchy level, finest first."""
+        levels = [vertices]
+        for level in range(self.num_levels - 1):
+            levels.append(self._down(levels[-1], level))
+        return levels
+
     def _keypoints(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
         return getattr(self, f"regressor_{level}").to(vertices) @ vertices
 
@@ -297,9 +304,7 @@ class MeshRefiner(nn.Module):
             max_passes: override of ``gate.max_passes`` (progressive training, fixed-depth runs).
             exit_threshold: override of ``gate.exit_threshold``.
         """
-        bases = [base_vertices]
-        for level in range(self.num_levels - 1):
-            bases.append(self._down(bases[-1], level))
+        bases = self.mesh_levels(base_vertices)
         level_vertices: list[torch.Tensor] = [None] * self.num_levels  # type: ignore[list-item]
         offset = carried = None
         for level in reversed(range(self.num_levels)):
