@@ -160,6 +160,17 @@ def test_freihand_single_version_like_the_synthetic_generator(tmp_path):
         FreiHandDataset(tmp_path, version="nope")
 
 
+def test_freihand_reads_the_sides_of_synthetic_sets(tmp_path):
+    """``S_side.json`` (written by meshrec synth) gives left hands; without it all are right."""
+    write_freihand(tmp_path, n=3, versions=2, labels=("xyz",))
+    assert [FreiHandDataset(tmp_path, crop_size=None)[i].side for i in range(6)] == [0] * 6
+    (tmp_path / "training_side.json").write_text(json.dumps(["right", "left", "left"]))
+    assert [FreiHandDataset(tmp_path, crop_size=None)[i].side for i in range(6)] == [0, 1, 1, 0, 1, 1]
+    (tmp_path / "training_side.json").write_text(json.dumps(["right", "up"]))
+    with pytest.raises(DatasetError, match="training_side.json must be a list of 3 entries"):
+        len(FreiHandDataset(tmp_path))
+
+
 def test_freihand_evaluation_split_with_and_without_labels(tmp_path):
     write_freihand(tmp_path, split="evaluation", n=2, versions=1, labels=())
     dataset = FreiHandDataset(tmp_path, "evaluation", crop_size=None)

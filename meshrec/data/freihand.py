@@ -238,6 +238,7 @@ class FreiHandDataset(HandDataset):
             if path.is_file():
                 labels[name] = read_json_array(path, entry_shape, self.cache_dir)
         count = len(labels["K"])
+        labels["side"] = self._read_sides(count)
         for name, array in labels.items():
             if len(array) != count:
                 raise DatasetError(
@@ -246,6 +247,23 @@ class FreiHandDataset(HandDataset):
                     path=self.label_paths[name],
                 )
         return labels
+
+    def _read_sides(self, count: int) -> np.ndarray:
+        """``(N,)`` side flags from ``S_side.json`` (written by ``meshrec synth``, which renders
+        both hands); FreiHAND itself has right hands only and no such file."""
+        path = self.root / f"{self.split}_side.json"
+        if not path.is_file():
+            return np.zeros(count, dtype=np.int64)
+        try:
+            sides = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path}: cannot read the hand sides ({error})", path=path) from None
+        if not isinstance(sides, list) or len(sides) != count or any(side not in ("right", "left") for side in sides):
+            raise DatasetError(
+                f"{path} must be a list of {count} entries 'right' / 'left' (one per sample, like {self.label_paths['K'].name})",
+                path=path,
+            )
+        return np.array([side == "left" for side in sides], dtype=np.int64)
 
     def _image_files(self) -> dict[int, str]:
         """Image number -> file name, from one listing of the rgb folder."""
@@ -359,7 +377,7 @@ class FreiHandDataset(HandDataset):
             if mano is not None
             else None,
             mask=mask,
-            side="right",
+            side=int(labels["side"][i]),
             index=number,
             source=str(image_path),
         )
