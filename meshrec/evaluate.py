@@ -275,7 +275,7 @@ def evaluate(
             stages = _stages_to_max_passes(prediction, max_passes)
             stages[FINAL_STAGE] = final_vertices
             root_position = prediction.root.detach().double().cpu()
-            mean_vertices, mean_joints = _placed_mean_hand(template, root_position, side.bool())
+            mean_vertices, mean_joints = _placed_mean_hand(template, root_position, batch.side.bool())
             stages[BASELINE_NAME] = mean_vertices.float()
             for name, vertices in stages.items():
                 joints = mean_joints.float() if name == BASELINE_NAME else regressor @ vertices
