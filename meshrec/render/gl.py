@@ -11,8 +11,11 @@ rasterizes on the calling thread: its worker threads would not survive a fork. E
 render call makes the context current on the calling thread under a lock, so a renderer
 may be used from any thread (one call at a time).
 
-Batches are drawn as tiles of one large framebuffer (one viewport per mesh) and read back
-once per tile sheet; buffers and framebuffers are kept and reused between calls.
+Batches are drawn as tiles of one large framebuffer, one draw call and one read-back per
+tile sheet (the CPU places each mesh's clip coordinates in its tile, clip distances keep
+it there); buffers and framebuffers are kept and reused between calls. With
+``ambient=1, specular=0`` (lighting baked into the colours by the caller) a program
+without normals is used and no normals are computed.
 """
 
 from __future__ import annotations
@@ -50,9 +53,32 @@ _MAX_SHEET_SIDE = 4096
 # At most this many meshes per tile sheet: more gains nothing once draw overhead is amortised.
 _MAX_TILES = 64
 
-_VERTEX_SHADER = """
+# Every mesh of a sheet is drawn in one call: the CPU puts each mesh's clip coordinates into
+# its tile (see ``_sheet_projections``), and four clip distances keep its triangles inside
+# that tile (a hand cut by the image border must not spill into its neighbour). The tile
+# of a vertex follows from its number: mesh b of a sheet owns vertices [b V, (b + 1) V).
+_TILE_CLIPPING = """
+uniform int vertices_per_mesh;
+uniform int columns;
+uniform vec2 tile_extent;  // one tile's width and height in sheet NDC units
+void clip_to_tile(vec4 clip) {
+    int tile = gl_VertexID / vertices_per_mesh;
+    vec2 low = vec2(float(tile % columns), float(tile / columns)) * tile_extent - 1.0;
+    vec2 high = low + tile_extent;
+    gl_ClipDistance[0] = clip.x - low.x * clip.w;
+    gl_ClipDistance[1] = high.x * clip.w - clip.x;
+    gl_ClipDistance[2] = clip.y - low.y * clip.w;
+    gl_ClipDistance[3] = high.y * clip.w - clip.y;
+}
+"""
+
+_VERTEX_SHADER = (
+    """
 #version 330
-uniform mat4 projection;
+"""
+    + _TILE_CLIPPING
+    + """
+in vec4 in_clip;
 in vec3 in_position;
 in vec3 in_normal;
 in vec3 in_color;
@@ -63,9 +89,11 @@ void main() {
     v_position = in_position;
     v_normal = in_normal;
     v_color = in_color;
-    gl_Position = projection * vec4(in_position, 1.0);
+    gl_Position = in_clip;
+    clip_to_tile(in_clip);
 }
 """
+)
 
 # The shading model of meshrec.render.base, line for line.
 _FRAGMENT_SHADER = """
@@ -94,6 +122,63 @@ void main() {
     out_depth = v_position.z;
 }
 """
+
+# ambient = 1 and specular = 0 reduce the shading model to the albedo: no normals needed
+# (callers that bake their own lighting into per-vertex colours take this path).
+_ALBEDO_VERTEX_SHADER = (
+    """
+#version 330
+"""
+    + _TILE_CLIPPING
+    + """
+in vec4 in_clip;
+in vec3 in_color;
+out vec3 v_color;
+out float v_depth;
+void main() {
+    v_color = in_color;
+    v_depth = in_clip.w;  // the projection puts camera-frame z in w
+    gl_Position = in_clip;
+    clip_to_tile(in_clip);
+}
+"""
+)
+
+_ALBEDO_FRAGMENT_SHADER = """
+#version 330
+in vec3 v_color;
+in float v_depth;
+layout(location = 0) out vec4 out_color;
+layout(location = 1) out float out_depth;
+void main() {
+    out_color = vec4(clamp(v_color, 0.0, 1.0), 1.0);
+    out_depth = v_depth;
+}
+"""
+
+# Per-vertex floats of the two programs: clip (4), position (3), normal (3), colour (3);
+# clip (4), colour (3).
+_LIT_LAYOUT = ("4f 3f 3f 3f", ("in_clip", "in_position", "in_normal", "in_color"), 13)
+_ALBEDO_LAYOUT = ("4f 3f", ("in_clip", "in_color"), 7)
+_GL_CLIP_DISTANCE0 = 0x3000
+
+
+def _sheet_projections(projections: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``(B, 4, 4)`` projections into tile ``b`` (row-major, ``b = row * cols + col``) of a sheet.
+
+    A tile's NDC square ``[-1, 1]^2`` maps to its part of the sheet's NDC square; acting on
+    clip coordinates (``x -> x / cols + offset * w``) keeps the perspective division intact.
+    """
+    batch = projections.shape[0]
+    row, col = np.divmod(np.arange(batch), cols)
+    placement = np.zeros((batch, 4, 4), dtype=np.float64)
+    placement[:, 0, 0] = 1.0 / cols
+    placement[:, 1, 1] = 1.0 / rows
+    placement[:, 0, 3] = (2 * col + 1) / cols - 1.0
+    placement[:, 1, 3] = (2 * row + 1) / rows - 1.0
+    placement[:, 2, 2] = placement[:, 3, 3] = 1.0
+    return (placement @ projections.astype(np.float64)).astype(np.float32)
+
 
 _context_pid: int | None = None
 _context = None
@@ -175,12 +260,12 @@ class GLRenderer:
         self._reset_resources()
 
     def _reset_resources(self) -> None:
-        self._program = None
+        self._programs: dict[bool, object] = {}  # lit (full shading model) or albedo only
         self._framebuffer = None
         self._sheet_key: tuple[int, int, int, int] | None = None  # (H, W, rows, cols)
         self._vertex_buffer = None
         self._index_buffer = None
-        self._vertex_array = None
+        self._vertex_arrays: dict[bool, object] = {}
         self._index_faces: np.ndarray | None = None
         self._index_meshes = 0
         self._index_num_vertices = 0
@@ -217,14 +302,17 @@ class GLRenderer:
         normals[length[..., 0] == 0] = (0.0, 0.0, -1.0)  # unused vertex: face the camera
         return normals
 
-    def _ensure_program(self, ctx) -> None:
+    def _ensure_program(self, ctx, lit: bool) -> None:
         if self._resources_context is not ctx:
             # A new context (e.g. in a forked child): objects made in the old one are not
             # ours to release.
             self._reset_resources()
             self._resources_context = ctx
-        if self._program is None:
-            self._program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
+        if lit not in self._programs:
+            vertex, fragment = (
+                (_VERTEX_SHADER, _FRAGMENT_SHADER) if lit else (_ALBEDO_VERTEX_SHADER, _ALBEDO_FRAGMENT_SHADER)
+            )
+            self._programs[lit] = ctx.program(vertex_shader=vertex, fragment_shader=fragment)
 
     def _ensure_sheet(self, ctx, height: int, width: int, rows: int, cols: int) -> None:
         key = (height, width, rows, cols)
@@ -246,7 +334,7 @@ class GLRenderer:
         self._sheet_key = key
 
     def _ensure_buffers(
-        self, ctx, faces: np.ndarray, num_vertices: int, meshes: int, vertex_bytes: int
+        self, ctx, faces: np.ndarray, num_vertices: int, meshes: int, vertex_bytes: int, lit: bool
     ) -> None:
         rebuild_indices = (
             self._index_buffer is None
@@ -256,10 +344,10 @@ class GLRenderer:
             or not np.array_equal(self._index_faces, faces)
         )
         rebuild_vertices = self._vertex_buffer is None or self._vertex_buffer.size < vertex_bytes
-        if not (rebuild_indices or rebuild_vertices):
-            return
-        if self._vertex_array is not None:
-            self._vertex_array.release()
+        if rebuild_indices or rebuild_vertices:
+            for vertex_array in self._vertex_arrays.values():
+                vertex_array.release()
+            self._vertex_arrays = {}
         if rebuild_vertices:
             if self._vertex_buffer is not None:
                 self._vertex_buffer.release()
@@ -274,12 +362,14 @@ class GLRenderer:
             self._index_faces = faces.copy()
             self._index_meshes = meshes
             self._index_num_vertices = num_vertices
-        self._vertex_array = ctx.vertex_array(
-            self._program,
-            [(self._vertex_buffer, "3f 3f 3f", "in_position", "in_normal", "in_color")],
-            index_buffer=self._index_buffer,
-            index_element_size=4,
-        )
+        if lit not in self._vertex_arrays:
+            layout, names, _ = _LIT_LAYOUT if lit else _ALBEDO_LAYOUT
+            self._vertex_arrays[lit] = ctx.vertex_array(
+                self._programs[lit],
+                [(self._vertex_buffer, layout, *names)],
+                index_buffer=self._index_buffer,
+                index_element_size=4,
+            )
 
     def render(
         self,
@@ -317,16 +407,15 @@ class GLRenderer:
         shading = Shading(
             tuple(light_dir), float(ambient), float(specular), float(shininess), tuple(background)
         )
+        # the shading model then gives the albedo itself, whatever the normals
+        lit = not (shading.ambient == 1.0 and shading.specular == 0.0)
         inputs = prepare_render_inputs(vertices, faces, K, image_size, colors)
         height, width = inputs.height, inputs.width
         faces_np = inputs.faces.cpu().numpy()
         vertices_np = inputs.vertices.detach().to("cpu", torch.float32).numpy()
         batch, num_vertices = vertices_np.shape[:2]
-        # (B, V, 9): position, normal, colour interleaved as the vertex shader reads them.
-        vertex_data = np.empty((batch, num_vertices, 9), dtype=np.float32)
-        vertex_data[..., 0:3] = vertices_np
-        vertex_data[..., 3:6] = self._vertex_normals(vertices_np, faces_np)
-        vertex_data[..., 6:9] = inputs.colors.detach().to("cpu", torch.float32).numpy()
+        colors_np = inputs.colors.detach().to("cpu", torch.float32).numpy()
+        normals_np = self._vertex_normals(vertices_np, faces_np) if lit else None
         intrinsics = inputs.K.detach().cpu().numpy()
         projections = opencv_to_gl_projection(intrinsics, (height, width), self.near, self.far)
         num_indices = faces_np.size
@@ -336,43 +425,53 @@ class GLRenderer:
         if cols * width > 16384 or rows * height > 16384:
             raise MeshrecError(f"image_size {(height, width)} exceeds the 16384 px OpenGL limit")
         per_sheet = rows * cols
+        floats_per_vertex = (_LIT_LAYOUT if lit else _ALBEDO_LAYOUT)[2]
+        homogeneous = np.concatenate([vertices_np, np.ones((batch, num_vertices, 1), np.float32)], axis=-1)
 
         rgb = np.empty((batch, height, width, 3), dtype=np.uint8)
         depth = np.empty((batch, height, width), dtype=np.float32)
         ctx = process_context()
         moderngl = _import_moderngl()
         with _context_lock, ctx:
-            self._ensure_program(ctx)
+            self._ensure_program(ctx, lit)
             self._ensure_sheet(ctx, height, width, rows, cols)
-            self._ensure_buffers(ctx, faces_np, num_vertices, per_sheet, per_sheet * num_vertices * 36)
-            program = self._program
-            program["light_dir"].value = tuple(shading.unit_light_dir)
-            program["ambient"].value = shading.ambient
-            program["specular"].value = shading.specular
-            program["shininess"].value = shading.shininess
+            self._ensure_buffers(
+                ctx, faces_np, num_vertices, per_sheet, per_sheet * num_vertices * floats_per_vertex * 4, lit
+            )
+            program = self._programs[lit]
+            if lit:
+                program["light_dir"].value = tuple(shading.unit_light_dir)
+                program["ambient"].value = shading.ambient
+                program["specular"].value = shading.specular
+                program["shininess"].value = shading.shininess
+            program["vertices_per_mesh"].value = num_vertices
+            program["columns"].value = cols
+            program["tile_extent"].value = (2.0 / cols, 2.0 / rows)
             framebuffer = self._framebuffer
             framebuffer.use()
+            ctx.viewport = (0, 0, cols * width, rows * height)
+            ctx.scissor = None
             ctx.enable(moderngl.DEPTH_TEST)
             ctx.disable(moderngl.CULL_FACE)  # the y flip in the projection reverses windings
+            for plane in range(4):
+                ctx.enable_direct(_GL_CLIP_DISTANCE0 + plane)
 
             for start in range(0, batch, per_sheet):
                 count = min(per_sheet, batch - start)
                 used_rows = -(-count // cols)
                 used_cols = cols if used_rows > 1 else count
                 region = (0, 0, used_cols * width, used_rows * height)
-                ctx.scissor = None
                 framebuffer.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=region)
-                self._vertex_buffer.write(vertex_data[start : start + count].tobytes())
-                for tile in range(count):
-                    row, col = divmod(tile, cols)
-                    tile_rect = (col * width, row * height, width, height)
-                    ctx.viewport = tile_rect
-                    ctx.scissor = tile_rect  # belt and braces: no fragment leaks into a neighbour
-                    program["projection"].write(projections[start + tile].T.tobytes())
-                    self._vertex_array.render(
-                        moderngl.TRIANGLES, vertices=num_indices, first=tile * num_indices
-                    )
-                ctx.scissor = None
+                sheet = _sheet_projections(projections[start : start + count], rows, cols)
+                # (count, V, floats_per_vertex): the attributes interleaved as the vertex shader reads them
+                vertex_data = np.empty((count, num_vertices, floats_per_vertex), dtype=np.float32)
+                np.matmul(homogeneous[start : start + count], sheet.transpose(0, 2, 1), out=vertex_data[..., 0:4])
+                if lit:
+                    vertex_data[..., 4:7] = vertices_np[start : start + count]
+                    vertex_data[..., 7:10] = normals_np[start : start + count]
+                vertex_data[..., -3:] = colors_np[start : start + count]
+                self._vertex_buffer.write(vertex_data)
+                self._vertex_arrays[lit].render(moderngl.TRIANGLES, vertices=count * num_indices)
                 rgb_bytes = framebuffer.read(viewport=region, components=3, attachment=0)
                 depth_bytes = framebuffer.read(viewport=region, components=1, attachment=1, dtype="f4")
                 sheet_rgb = np.frombuffer(rgb_bytes, np.uint8)
@@ -384,6 +483,8 @@ class GLRenderer:
                 tiles_depth = tiles_depth.transpose(0, 2, 1, 3)
                 rgb[start : start + count] = tiles_rgb.reshape(-1, height, width, 3)[:count]
                 depth[start : start + count] = tiles_depth.reshape(-1, height, width)[:count]
+            for plane in range(4):
+                ctx.disable_direct(_GL_CLIP_DISTANCE0 + plane)  # leave the shared context as we found it
 
         mask = depth > 0.0
         if any(shading.background):
