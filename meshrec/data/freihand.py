@@ -389,6 +389,8 @@ class FreiHandDataset(HandDataset):
                 raise DatasetError(f"{image_path} (index {number}): {reason}", path=image_path, index=number)
         if self.crop_size is None:
             return sample
+        if self.crop_from == "image" and sample.image_size == (self.crop_size, self.crop_size):
+            return sample  # already the size asked for (e.g. a synthetic set): resampling would only blur
         if self.crop_from == "keypoints" and sample.has_joints2d:
             box = box_from_keypoints(sample.joints2d, sample.joints2d_visible, self.box_padding)
         else:

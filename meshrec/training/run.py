@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import signal
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     _check_run_folder(config, run_dir, last, resume)
     save_config(config, run_dir / CONFIG_NAME)
 
+    # each start writes its own logs/version_N, so Lightning's "will be deleted" warning does not apply
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = HandMeshModule(config)
     train_set, val_set = build_datasets(config)
