@@ -201,6 +201,7 @@ def evaluate(
     workers: int = 0,
     progress: bool = True,
     checkpoint: str | None = None,
+    exit_threshold: float | None = None,
 ) -> EvaluationResult:
     """Run ``model`` over a FreiHAND-layout split and score every stage (module docstring).
 
@@ -214,6 +215,8 @@ def evaluate(
         workers: DataLoader worker processes reading images (0: in this process).
         progress: progress bar on stderr.
         checkpoint: recorded in the result (for the report).
+        exit_threshold: override the gate's tau (1.0: always every pass, to measure what the
+            gate saves).
 
     Raises:
         MeshrecError / DatasetError: the folder is not in the FreiHAND layout, an image is
@@ -256,7 +259,9 @@ def evaluate(
     other_vertex_counts = set()
     with progress_bar(count, f"eval {split}", progress) as bar:
         for batch in loader:
-            prediction = model.predict(batch.image.to(device, dtype), batch.K.to(device, dtype), batch.side.to(device))
+            prediction = model.predict(
+                batch.image.to(device, dtype), batch.K.to(device, dtype), batch.side.to(device), exit_threshold=exit_threshold
+            )
             final_vertices = prediction.vertices.detach().float().cpu()
             joints_all.append(prediction.joints.detach().float().cpu())
             vertices_all.append(final_vertices)

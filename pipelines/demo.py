@@ -34,10 +34,11 @@ def run(args: argparse.Namespace) -> int:
                      predictions=args.predictions, seed=args.seed, progress=not args.no_progress)
     )
     gain = 100.0 * (1.0 - summary.model_pa_mpvpe_mm / summary.baseline_pa_mpvpe_mm)
+    verdict = f"{gain:.0f}% lower" if gain >= 0 else f"{-gain:.0f}% higher: train longer with --minutes"
     print("\n" + summary.metrics_table)
     print(
         f"\nmeshrec demo: PA-MPVPE {summary.model_pa_mpvpe_mm:.1f} mm vs mean-hand baseline "
-        f"{summary.baseline_pa_mpvpe_mm:.1f} mm ({gain:.0f}% lower)\n"
+        f"{summary.baseline_pa_mpvpe_mm:.1f} mm ({verdict})\n"
         f"  time: data {summary.minutes['data']:.1f} min, training {summary.minutes['train']:.1f} min, "
         f"evaluation {summary.minutes['evaluate']:.1f} min\n"
         f"  checkpoint:  {summary.checkpoint}\n"
