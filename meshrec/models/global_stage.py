@@ -132,10 +132,9 @@ class GlobalStage(nn.Module):
         use_pca = config.pose_param == "pca"
         if use_pca and model.hands_components is None:
             raise MeshrecError(f"global_stage.pose_param='pca' needs a model with pose PCA; {model.source} has none")
-        self.mano = ManoLayer(
-            model, use_pca=use_pca, num_pca_comps=min(config.pca_components, 45) if use_pca else 6,
-            flat_hand_mean=not use_pca, validate=False,
-        )
+        # rot6d: absolute rotations (flat mean); pca: coefficients around the model's mean pose
+        pca = {"num_pca_comps": config.pca_components} if use_pca else {}
+        self.mano = ManoLayer(model, use_pca=use_pca, flat_hand_mean=not use_pca, validate=False, **pca)
         self.num_betas = model.num_betas
         num_joints = model.num_joints
         pose_width = 3 + config.pca_components if use_pca else 6 * num_joints

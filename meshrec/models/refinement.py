@@ -123,11 +123,10 @@ class RefinementOutput:
     passes_used: torch.Tensor | None = None
 
 
-def vertex_keypoint_association(model: ManoModel, rest_keypoints: np.ndarray, vertices: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def vertex_keypoint_association(rest_keypoints: np.ndarray, vertices: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """For each vertex, the OpenPose keypoint that guides it.
 
     Args:
-        model: the hand model (for its kinematic tree).
         rest_keypoints: ``(21, 3)`` keypoints of the rest mesh, OpenPose order.
         vertices: ``(N, 3)`` rest positions of the vertices to attach.
         weights: ``(N, 16)`` skinning weights of those vertices (MANO joint order).
@@ -163,7 +162,7 @@ def _level_buffers(model: ManoModel, hierarchy: MeshHierarchy, joint_regressor: 
         if level > 0:
             regressor = regressor @ hierarchy.up[level - 1].as_scipy().toarray()
             weights = hierarchy.down[level - 1].as_scipy() @ weights
-        association = vertex_keypoint_association(model, rest_keypoints, hierarchy.vertices[level], weights)
+        association = vertex_keypoint_association(rest_keypoints, hierarchy.vertices[level], weights)
         levels.append({"joint_regressor": regressor, "association": association})
     return levels
 
