@@ -20,7 +20,7 @@ from torch import nn
 from manolayer.errors import ManoError, PoseInputError
 from manolayer.io import ManoModel, load_mano
 from manolayer.joints import MANO21_TO_OPENPOSE
-from manolayer.lbs import KinematicPlan, RodriguesConstants, axis_angle_to_homogeneous, compose_levels, skin_homogeneous
+from manolayer.lbs import KinematicPlan, QuaternionConstants, compose_levels, skin_homogeneous, turns_to_rotation_offset
 from manolayer.rotations import rot6d_to_matrix
 
 _TRANSLATION_COLUMN = torch.tensor([0.0, 0.0, 0.0, 1.0])  # selects column 3 of a 4x4 matrix
@@ -115,7 +115,7 @@ class ManoLayer(nn.Module):
         self.use_pca = use_pca
         self.flat_hand_mean = flat_hand_mean
         self.validate = validate
-        self._shape_cache: dict[str, dict[str, tuple[tuple[int, ...], ...]]] = {}
+        self._shape_cache: dict[tuple[str, int], dict[str, frozenset[tuple[int, ...]]]] = {}
         num_pose = 3 * (model.num_joints - 1)
 
         tips = fingertip_ids if fingertip_ids is not None else model.fingertip_ids
@@ -143,13 +143,16 @@ class ManoLayer(nn.Module):
 
         self.plan = KinematicPlan.from_parents(model.parents.tolist())
         self.has_pose_correctives = bool(model.posedirs.any())
+        # plain ints for the per-call code (the model's properties cost more to read)
+        self._num_joints, self._num_coords, self._num_betas = model.num_joints, 3 * model.num_vertices, model.num_betas
         arrays = _level_order_arrays(model, self.plan, tips, use_pca, num_pca_comps, flat_hand_mean)
         for name, array in arrays.items():
             buffer(name, array, torch.long if np.issubdtype(array.dtype, np.integer) else dtype)
-        rodrigues = RodriguesConstants.create(torch.float64)
-        buffer("rodrigues_linear", rodrigues.linear.numpy())
-        buffer("rodrigues_diagonal", rodrigues.diagonal.numpy())
-        buffer("rodrigues_corner", rodrigues.corner.numpy())
+        quaternion = QuaternionConstants.create(torch.float64)
+        buffer("quaternion_half_e0", quaternion.half_e0.numpy())
+        buffer("quaternion_e0", quaternion.e0.numpy())
+        buffer("quaternion_signs", quaternion.signs.numpy())
+        buffer("quaternion_outer_to_offset", quaternion.outer_to_offset.numpy())
         buffer("faces", model.faces, torch.long)
 
     @property
@@ -212,29 +215,30 @@ class ManoLayer(nn.Module):
         if not dtype.is_floating_point:
             raise PoseInputError(f"inputs must be floating point tensors, got {dtype}")
         if self.validate:
-            self._check_inputs(global_orient, hand_pose, betas, transl, batch, pose_format)
+            self._check_inputs(global_orient, hand_pose, betas, transl, batch, pose_format, dtype, device)
 
         b = self._buffers_as(dtype, device)
-        plan = self.plan if device == self.blend_offset.device else self.plan.to(device)
-        rotations = self._homogeneous_rotations(global_orient, hand_pose, batch, pose_format, b)  # (B, J, 16)
+        plan = self.plan if device == b["blend_offset"].device else self.plan.to(device)
         betas = self._padded_betas(betas, batch, dtype, device)
 
-        # one matmul gives the shaped vertices, each joint's offset from its parent and each
-        # joint's inverse rest transform (all linear in betas); a second adds pose correctives
+        # one matmul gives the shaped vertices, each joint's local transform less its rotation
+        # ([I | offset from the parent]) and each joint's inverse rest transform (all linear
+        # in betas); the rotations are added to the local transforms, and pose correctives
+        # to the vertices, by the matmuls that make them
         blended = torch.addmm(b["blend_offset"], betas, b["blend_matrix"])
-        num_coords, num_joints = 3 * self.num_vertices, self.model.num_joints
+        num_coords, num_joints = self._num_coords, self._num_joints
         v_shaped = blended[:, :num_coords]  # coordinate-major: x of all vertices, then y, then z
+        no_rotation = blended[:, num_coords : num_coords + 16 * num_joints].view(batch, num_joints, 16)
+        local = self._local_transforms(global_orient, hand_pose, no_rotation, pose_format, b)  # (B, J, 16)
         if self.has_pose_correctives:
-            feature = rotations.flatten(1).index_select(1, b["pose_feature_index"])
+            feature = local.view(batch, -1).index_select(1, b["pose_feature_index"])  # rotation entries
             v_shaped = torch.addmm(v_shaped, feature, b["pose_matrix"])
-        local = (rotations + blended[:, num_coords : num_coords + 16 * num_joints].view(batch, num_joints, 16))
         rest_inverse = blended[:, num_coords + 16 * num_joints :].view(batch, num_joints, 4, 4)
 
         global_lv = compose_levels(local.view(batch, num_joints, 4, 4), plan)
-        vertices = skin_homogeneous(v_shaped.view(batch, 3, -1), b["weights_by_joint"], global_lv, rest_inverse)
+        vertices = skin_homogeneous(v_shaped.view(batch, 3, -1), b["weights_by_joint"], global_lv, rest_inverse, transl)
         posed_joints = global_lv[..., :3, 3]
         if transl is not None:
-            vertices = vertices + transl.unsqueeze(1)
             posed_joints = posed_joints + transl.unsqueeze(1)
         if self.validate and not math.isfinite(vertices.sum().item()):
             self._raise_non_finite(global_orient, hand_pose, betas, transl)
@@ -252,78 +256,101 @@ class ManoLayer(nn.Module):
     # ------------------------------------------------------------------ helpers
 
     def _buffers_as(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        if self.blend_offset.dtype == dtype and self.blend_offset.device == device:
+        reference = self._buffers["blend_offset"]
+        if reference.dtype == dtype and reference.device == device:
             return self._buffers  # type: ignore[return-value]
         return {
             name: b.to(device=device, dtype=dtype if b.is_floating_point() else b.dtype)
             for name, b in self._buffers.items()
         }
 
-    def _homogeneous_rotations(self, global_orient, hand_pose, batch, pose_format, b) -> torch.Tensor:
-        """(B, J, 16) local rotations as flattened 4x4 matrices, joints in level order."""
-        dtype, device = b["blend_offset"].dtype, b["blend_offset"].device
-        num_hand = self.model.num_joints - 1
+    def _local_transforms(self, global_orient, hand_pose, no_rotation, pose_format, b) -> torch.Tensor:
+        """(B, J, 16) local transforms ``[R | J_j - J_parent]`` as flattened 4x4, joints in level
+        order, from ``no_rotation`` (the same with R = I)."""
+        quaternion = QuaternionConstants(
+            b["quaternion_half_e0"], b["quaternion_e0"], b["quaternion_signs"], b["quaternion_outer_to_offset"]
+        )
+        batch, num_joints = no_rotation.shape[:2]
         if pose_format == "axis_angle":
-            root = global_orient if global_orient is not None else torch.zeros(batch, 3, dtype=dtype, device=device)
-            if hand_pose is None:
-                hand = b["hand_mean_level_order"].expand(batch, -1)
-            elif self.use_pca:
-                hand = torch.addmm(b["hand_mean_level_order"], hand_pose, b["pca_components_level_order"])
+            # one matmul puts the joints in level order, applies PCA, adds the mean pose (its
+            # bias) and scales to turns; reshapes only when needed: at batch 1 every operation
+            # counts, views too
+            turns, from_pose = b["turns_bias"], b["turns_from_pose"]  # (1, 4J); rows: root, then hand
+            if hand_pose is not None and hand_pose.dim() != 2:
+                hand_pose = hand_pose.reshape(batch, -1)
+            if global_orient is not None and global_orient.dim() != 2:
+                global_orient = global_orient.reshape(batch, 3)
+            if global_orient is not None and hand_pose is not None:
+                turns = torch.addmm(turns, torch.cat([global_orient, hand_pose], 1), from_pose)
+            elif hand_pose is not None:
+                turns = torch.addmm(turns, hand_pose, from_pose[3:])
+            elif global_orient is not None:
+                turns = torch.addmm(turns, global_orient, from_pose[:3])
             else:
-                hand = hand_pose.reshape(batch, num_hand, 3).index_select(1, b["hand_to_level_order"])
-                if not self.flat_hand_mean:
-                    hand = hand + b["hand_mean_level_order"].view(num_hand, 3)
-            axis_angle = torch.cat([root.reshape(batch, 1, 3), hand.reshape(batch, num_hand, 3)], 1)
-            constants = RodriguesConstants(b["rodrigues_linear"], b["rodrigues_diagonal"], b["rodrigues_corner"])
-            return axis_angle_to_homogeneous(axis_angle, constants)
+                turns = turns.expand(batch, -1)
+            return turns_to_rotation_offset(turns.reshape(batch, num_joints, 4), quaternion, add_to=no_rotation)
         width = _FORMAT_WIDTH[pose_format]
         to_matrix = rot6d_to_matrix if pose_format == "rot6d" else (lambda m: m)
-        eye = torch.eye(3, dtype=dtype, device=device)
-        root = eye.expand(batch, 1, 3, 3) if global_orient is None else to_matrix(global_orient.reshape(batch, 1, *width))
-        if hand_pose is None:
-            mean = b["hand_mean_level_order"].view(1, num_hand, 3)
-            constants = RodriguesConstants(b["rodrigues_linear"], b["rodrigues_diagonal"], b["rodrigues_corner"])
-            hand = axis_angle_to_homogeneous(mean, constants).view(1, num_hand, 4, 4)[..., :3, :3].expand(batch, -1, -1, -1)
+        eye = torch.eye(3, dtype=no_rotation.dtype, device=no_rotation.device)
+
+        def homogeneous_offset(matrices: torch.Tensor) -> torch.Tensor:  # (B, n, 3, 3) -> (B, n, 16)
+            return torch.nn.functional.pad(matrices - eye, (0, 1, 0, 1)).flatten(2)
+
+        if global_orient is None:
+            root = eye.new_zeros(batch, 1, 16)
         else:
-            hand = to_matrix(hand_pose.reshape(batch, num_hand, *width)).index_select(1, b["hand_to_level_order"])
-        matrices = torch.nn.functional.pad(torch.cat([root, hand], 1), (0, 1, 0, 1))
-        return matrices.flatten(2) + b["rodrigues_corner"]
+            root = homogeneous_offset(to_matrix(global_orient.reshape(batch, 1, *width)))
+        if hand_pose is None:
+            mean_turns = b["turns_bias"].view(1, num_joints, 4)[:, 1:]
+            hand = turns_to_rotation_offset(mean_turns, quaternion).expand(batch, -1, -1)
+        else:
+            hand = to_matrix(hand_pose.reshape(batch, num_joints - 1, *width)).index_select(1, b["hand_to_level_order"])
+            hand = homogeneous_offset(hand)
+        return torch.cat([root, hand], 1) + no_rotation
 
     def _padded_betas(self, betas, batch, dtype, device) -> torch.Tensor:
+        num_betas = self._num_betas
         if betas is None:
-            return torch.zeros(batch, self.num_betas, dtype=dtype, device=device)
-        if betas.shape[1] < self.num_betas:
-            return torch.nn.functional.pad(betas, (0, self.num_betas - betas.shape[1]))
+            return torch.zeros(batch, num_betas, dtype=dtype, device=device)
+        if betas.shape[1] < num_betas:
+            return torch.nn.functional.pad(betas, (0, num_betas - betas.shape[1]))
         return betas
 
-    def _allowed_shapes(self, pose_format: str) -> dict[str, tuple[tuple[int, ...], ...]]:
-        """Accepted shapes of each input without the batch dimension (cached: this runs per call)."""
-        cached = self._shape_cache.get(pose_format)
+    def _expected_shapes(self, pose_format: str, batch: int) -> dict[str, frozenset[tuple[int, ...]]]:
+        """Accepted shapes of each input, batch included (cached: this runs on every call)."""
+        cached = self._shape_cache.get((pose_format, batch))
         if cached is None:
-            width = _FORMAT_WIDTH[pose_format]
-            num_hand = self.model.num_joints - 1
-            size = int(np.prod(width))
-            hand = ((self.num_pca_comps,),) if self.use_pca else ((num_hand * size,), (num_hand, *width))
-            root = ((3, 3), (1, 3, 3)) if pose_format == "rotmat" else ((size,), (1, *width))
-            cached = self._shape_cache[pose_format] = {"global_orient": root, "hand_pose": hand, "transl": ((3,),)}
+            if len(self._shape_cache) > 64:  # many batch sizes seen: start again rather than grow
+                self._shape_cache.clear()
+            cached = {
+                name: frozenset((batch, *tail) for tail in tails)
+                for name, tails in self._shape_tails(pose_format).items()
+            }
+            cached["betas"] = frozenset((batch, size) for size in range(self._num_betas + 1))
+            self._shape_cache[(pose_format, batch)] = cached
         return cached
 
-    def _check_inputs(self, global_orient, hand_pose, betas, transl, batch, pose_format) -> None:
-        allowed = self._allowed_shapes(pose_format)
-        first = None
+    def _shape_tails(self, pose_format: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Accepted shapes of each pose input and transl without the batch dimension."""
+        width = _FORMAT_WIDTH[pose_format]
+        num_hand = self._num_joints - 1
+        size = int(np.prod(width))
+        hand = ((self.num_pca_comps,),) if self.use_pca else ((num_hand * size,), (num_hand, *width))
+        root = ((3, 3), (1, 3, 3)) if pose_format == "rotmat" else ((size,), (1, *width))
+        return {"global_orient": root, "hand_pose": hand, "transl": ((3,),)}
+
+    def _check_inputs(self, global_orient, hand_pose, betas, transl, batch, pose_format, dtype, device) -> None:
+        expected = self._expected_shapes(pose_format, batch)
         for name, tensor in (("global_orient", global_orient), ("hand_pose", hand_pose), ("transl", transl), ("betas", betas)):
             if tensor is None:
                 continue
-            shape = tuple(tensor.shape)
-            if name == "betas":
-                if len(shape) != 2 or shape[0] != batch or shape[1] > self.num_betas:
-                    raise PoseInputError(f"betas has shape {shape}; expected ({batch}, S) with S <= {self.num_betas}")
-            elif not shape or shape[0] != batch or shape[1:] not in allowed[name]:
-                wanted = " or ".join(str((batch, *tail)) for tail in allowed[name])
+            if tensor.shape not in expected[name]:  # torch.Size hashes and compares as a tuple
+                shape = tuple(tensor.shape)
+                if name == "betas":
+                    raise PoseInputError(f"betas has shape {shape}; expected ({batch}, S) with S <= {self._num_betas}")
+                wanted = " or ".join(str((batch, *tail)) for tail in self._shape_tails(pose_format)[name])
                 raise PoseInputError(f"{name} has shape {shape}; expected {wanted} ({pose_format})")
-            if first is None:
-                first = tensor
-            elif tensor.dtype != first.dtype or tensor.device != first.device:
+            if tensor.dtype != dtype or tensor.device != device:
                 given = [t for t in (global_orient, hand_pose, betas, transl) if t is not None]
                 found = ", ".join(f"{t.dtype} on {t.device}" for t in given)
                 raise PoseInputError(f"inputs must share one dtype and device, got {found}")
@@ -348,9 +375,10 @@ def _level_order_arrays(
     """Everything ``ManoLayer.forward`` needs, precomputed in float64 with joints in level order.
 
     The blend matrix has one row per shape coefficient and the columns ``[3V vertex coordinates
-    (coordinate-major: all x, all y, all z) | 16J local offsets | 16J inverse rest transforms]``:
-    a joint's offset from its parent and its inverse rest transform ``[I | -J_j]`` are linear in
-    the betas, because the joints are. Pose correctives get their own (9(J-1), 3V) matrix.
+    (coordinate-major: all x, all y, all z) | 16J local transforms without their rotation |
+    16J inverse rest transforms]``: a joint's local transform less its rotation,
+    ``[I | J_j - J_parent]``, and its inverse rest transform ``[I | -J_j]`` are linear in the
+    betas, because the joints are. Pose correctives get their own (9(J-1), 3V) matrix.
     """
     level = plan.to_level_order.numpy()
     position = plan.to_joint_order.numpy()  # position[j] = where joint j sits in level order
@@ -372,7 +400,7 @@ def _level_order_arrays(
     offset_rows = np.concatenate([model.shapedirs.transpose(1, 0, 2).reshape(3 * num_v, num_betas),
                                   as_4x4_column(offset_dirs[level]).reshape(16 * num_j, num_betas),
                                   -as_4x4_column(joint_dirs[level]).reshape(16 * num_j, num_betas)]).T  # fmt: skip
-    bias = np.concatenate([model.v_template.T.ravel(), as_4x4_column(offsets[level]).ravel(),
+    bias = np.concatenate([model.v_template.T.ravel(), (identity + as_4x4_column(offsets[level])).ravel(),
                            (identity - as_4x4_column(joints[level])).ravel()])  # fmt: skip
     arrays: dict[str, np.ndarray] = {}
     if model.posedirs.any():
@@ -392,9 +420,15 @@ def _level_order_arrays(
 
     hand_level = level[1:] - 1  # the hand joints (not the root) in level order, as 0..J-2
     arrays["hand_to_level_order"] = hand_level.astype(np.int64)
+    # axis-angle (MANO joint order) -> (0, w / 2pi) per joint in level order, the layout that
+    # turns_to_rotation_offset takes; PCA and the mean pose fold into these matrices
+    to_turns = np.zeros((3 * num_j, num_j, 4))
+    for k, joint in enumerate(level):
+        to_turns[3 * joint : 3 * joint + 3, k, 1:] = np.eye(3) / (2 * np.pi)
+    to_turns = to_turns.reshape(3 * num_j, 4 * num_j)
     mean = np.zeros(3 * num_hand) if flat_hand_mean else model.hands_mean
-    arrays["hand_mean_level_order"] = mean.reshape(num_hand, 3)[hand_level].ravel()
-    if use_pca:
-        components = model.hands_components[:num_pca_comps].reshape(num_pca_comps, num_hand, 3)
-        arrays["pca_components_level_order"] = components[:, hand_level].reshape(num_pca_comps, -1)
+    hand_to_turns = to_turns[3:]
+    arrays["turns_bias"] = (mean @ hand_to_turns)[None]  # (1, 4J): a row, as addmm adds it
+    from_hand = model.hands_components[:num_pca_comps] @ hand_to_turns if use_pca else hand_to_turns
+    arrays["turns_from_pose"] = np.concatenate([to_turns[:3], from_hand])  # rows: root (3), then hand
     return arrays

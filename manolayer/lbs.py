@@ -10,12 +10,14 @@ The steps, for a batch of B hands, a model with V vertices, J joints and S shape
    so MANO's tree costs 4 steps instead of 15                                     (B, J, 3, 4)
 5. skinning:            ``v = sum_j w_vj G_j [v_posed, 1]``                        (B, V, 3)
 
-Rotations here are (..., 3, 3) matrices; conversions live in :mod:`manolayer.rotations`.
-Device and dtype always come from the inputs.
+Rotations here are (..., 3, 3) matrices; conversions live in :mod:`manolayer.rotations`,
+except :func:`turns_to_rotation_offset`, the layer's few-operation Rodrigues (tested against
+:func:`manolayer.rotations.axis_angle_to_matrix`). Device and dtype always come from the inputs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -101,64 +103,95 @@ class KinematicPlan:
 
 
 @dataclass(frozen=True)
-class RodriguesConstants:
-    """Constant tensors that let :func:`axis_angle_to_homogeneous` run in a few operations.
+class QuaternionConstants:
+    """Constant tensors for :func:`turns_to_rotation_offset` (built once, kept as buffers).
 
     Attributes:
-        linear: (3, 20); ``w @ linear`` is the cross-product matrix ``[w]x`` in a 4x4 layout
-            (16 entries) followed by ``(x, y, z, 0)`` (one matmul for both).
-        diagonal: (16,), ones on the 3x3 rotation block's diagonal.
-        corner: (16,), a one at entry (3, 3).
+        half_e0: (4,) ``(1/2, 0, 0, 0)``.
+        e0: (4,) ``(1, 0, 0, 0)``.
+        signs: (4,) ``(-1, 1, 1, 1)``.
+        outer_to_offset: (16, 16); row ``4a + b`` is the outer product entry ``q_a q_b`` of
+            ``q = (w, x, y, z) / pi``, column ``4r + c`` the entry (r, c) of the homogeneous
+            ``[[R - I, 0], [0, 0]]``. Each entry of a rotation is a quadratic form in its unit
+            quaternion; ``R - I`` uses ``|q| = 1`` to drop the squares of w, so a zero rotation
+            gives exactly zero. The ``pi**2`` undoes the ``1 / pi``.
     """
 
-    linear: torch.Tensor
-    diagonal: torch.Tensor
-    corner: torch.Tensor
+    half_e0: torch.Tensor
+    e0: torch.Tensor
+    signs: torch.Tensor
+    outer_to_offset: torch.Tensor
 
     @staticmethod
-    def create(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> "RodriguesConstants":
-        skew = torch.zeros(3, 4, 4, dtype=dtype, device=device)
-        # [w]x = [[0, -z, y], [z, 0, -x], [-y, x, 0]]
-        skew[0, 2, 1], skew[0, 1, 2] = 1, -1
-        skew[1, 0, 2], skew[1, 2, 0] = 1, -1
-        skew[2, 1, 0], skew[2, 0, 1] = 1, -1
-        diagonal = torch.zeros(4, 4, dtype=dtype, device=device)
-        diagonal[[0, 1, 2], [0, 1, 2]] = 1
-        corner = torch.zeros(4, 4, dtype=dtype, device=device)
-        corner[3, 3] = 1
-        pad = torch.eye(3, 4, dtype=dtype, device=device)
-        return RodriguesConstants(torch.cat([skew.flatten(1), pad], 1), diagonal.flatten(), corner.flatten())
+    def create(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> "QuaternionConstants":
+        w, x, y, z = range(4)
+        terms = {  # (r, c): [(coefficient, a, b)]; q_a q_b and q_b q_a are both in the outer product
+            (0, 0): [(-2, y, y), (-2, z, z)],
+            (1, 1): [(-2, x, x), (-2, z, z)],
+            (2, 2): [(-2, x, x), (-2, y, y)],
+            (0, 1): [(1, x, y), (1, y, x), (-1, w, z), (-1, z, w)],
+            (1, 0): [(1, x, y), (1, y, x), (1, w, z), (1, z, w)],
+            (0, 2): [(1, x, z), (1, z, x), (1, w, y), (1, y, w)],
+            (2, 0): [(1, x, z), (1, z, x), (-1, w, y), (-1, y, w)],
+            (1, 2): [(1, y, z), (1, z, y), (-1, w, x), (-1, x, w)],
+            (2, 1): [(1, y, z), (1, z, y), (1, w, x), (1, x, w)],
+        }
+        matrix = torch.zeros(16, 16, dtype=torch.float64)
+        for (r, c), products in terms.items():
+            for coefficient, a, b in products:
+                matrix[4 * a + b, 4 * r + c] = coefficient * math.pi**2
+
+        def constant(values) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.float64).to(dtype=dtype, device=device)
+
+        return QuaternionConstants(
+            half_e0=constant([0.5, 0, 0, 0]),
+            e0=constant([1.0, 0, 0, 0]),
+            signs=constant([-1.0, 1, 1, 1]),
+            outer_to_offset=matrix.to(dtype=dtype, device=device),
+        )
 
 
-# Smaller angles are clamped to this: the coefficients are then at their limits (1, 1/2) and
-# nothing divides by zero; the norm's gradient at exactly 0 is taken as 0.
-_TINY_ANGLE = 1e-8
-# samples skinned together: their blended transforms (~37 kB each for 778 vertices) fit in cache
-_SKIN_CHUNK = 32
+_LAST_COLUMN = torch.tensor([0.0, 0.0, 0.0, 1.0])  # puts a 3-vector in column 3 of a 3x4 matrix
+# Samples skinned together. Their blended transforms (37 kB each for 778 vertices, 4.8 MB for
+# 128) stay in cache; 32 or 64 were up to 10 % faster on an idle 2-core machine, but every chunk
+# adds parallel regions, and on a busy one each region can wait a whole time slice for its
+# second thread: at batch 1024 under load, 64 took 1.0 s where 128 took 0.65 s (smplx: 0.55 s).
+_SKIN_CHUNK = 128
 
 
-def axis_angle_to_homogeneous(axis_angle: torch.Tensor, constants: RodriguesConstants) -> torch.Tensor:
-    """Rodrigues' formula straight into homogeneous 4x4 rotations, flattened.
+def turns_to_rotation_offset(
+    padded_turns: torch.Tensor, constants: QuaternionConstants, add_to: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Rotations given in turns to ``R - I``, as flattened homogeneous 4x4 matrices.
 
     Args:
-        axis_angle: (..., 3) axis-angle.
-        constants: :class:`RodriguesConstants` in the input's dtype and device.
+        padded_turns: (..., 4) ``(0, w / 2pi)``: a zero, then the axis-angle ``w`` in turns.
+            The layer's pose matrices emit this layout directly, so the zero costs nothing.
+        constants: :class:`QuaternionConstants` in the input's dtype and device.
+        add_to: (..., 16) added to the result (in the last matmul, so it costs no operation), or None.
 
     Returns:
-        (..., 16): the 4x4 matrix ``[[R, 0], [0, 1]]`` in row-major order, with
-        ``R = cos(t) I + sin(t)/t [w]x + (1 - cos(t))/t^2 w w^T``. The last coefficient loses
-        relative precision at tiny angles, but it multiplies ``w w^T`` (of size t^2), so the
-        absolute error stays at the dtype's epsilon. :func:`manolayer.rotations.axis_angle_to_matrix`
-        is the reference (tested to agree).
+        (..., 16): ``[[R - I, 0], [0, 0]]`` in row-major order (plus ``add_to``).
+
+    Why this form: at batch 1 the cost is the number of tensor operations, and this is 7.
+    With ``u = w / 2pi`` and ``s = |u|`` (half the angle, over pi), the unit quaternion is
+    ``(cos(pi s), sin(pi s) u / s)``. Since ``cos(pi s) = pi (1/2 - s) sinc(1/2 - s)`` and
+    ``sin(pi s) / s = pi sinc(s)`` (``sinc(t) = sin(pi t) / (pi t)``, 1 at 0 in torch), one
+    sinc over ``(1/2 - s, s, s, s)`` times ``(1/2 - s, u)`` gives the whole quaternion over
+    pi. Both factors are smooth at every angle, and ``vector_norm`` has a zero gradient at a
+    zero vector, so nothing is clamped and gradients are exact at zero too.
     """
-    angle = torch.linalg.vector_norm(axis_angle, dim=-1, keepdim=True).clamp(min=_TINY_ANGLE)
-    cos = torch.cos(angle)
-    projected = axis_angle @ constants.linear
-    skew, padded = projected[..., :16], projected[..., 16:]  # [w]x as 4x4, and (x, y, z, 0)
-    outer = (padded.unsqueeze(-1) * padded.unsqueeze(-2)).flatten(-2)
-    rotation = torch.addcmul(constants.corner, cos, constants.diagonal)
-    rotation = torch.addcmul(rotation, torch.sin(angle) / angle, skew)
-    return torch.addcmul(rotation, (1 - cos) / (angle * angle), outer)
+    half_angle_turns = torch.linalg.vector_norm(padded_turns, dim=-1, keepdim=True)  # the leading 0 adds nothing
+    sinc_argument = torch.addcmul(constants.half_e0, half_angle_turns, constants.signs)  # (1/2 - s, s, s, s)
+    factor = torch.addcmul(padded_turns, sinc_argument, constants.e0)  # (1/2 - s, u)
+    quaternion_over_pi = torch.sinc(sinc_argument) * factor
+    outer = (quaternion_over_pi.unsqueeze(-1) * quaternion_over_pi.unsqueeze(-2)).view(-1, 16)
+    if add_to is None:
+        offset = torch.mm(outer, constants.outer_to_offset)
+    else:
+        offset = torch.addmm(add_to.reshape(-1, 16), outer, constants.outer_to_offset)
+    return offset.view(*padded_turns.shape[:-1], 16)
 
 
 def compose_levels(local: torch.Tensor, plan: KinematicPlan) -> torch.Tensor:
@@ -216,6 +249,7 @@ def skin_homogeneous(
     weights_by_joint: torch.Tensor,
     global_transforms: torch.Tensor,
     rest_inverse: torch.Tensor,
+    translation: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Linear blend skinning with 4x4 transforms.
 
@@ -225,32 +259,49 @@ def skin_homogeneous(
         weights_by_joint: (J, V) skinning weights (the transpose of MANO's ``weights``), rows in
             the same joint order as the transforms.
         global_transforms: (B, J, 4, 4) posed transform of each joint's frame.
-        rest_inverse: (B, J, 4, 4) the inverse rest transform of each joint, ``[I | -J_j^rest]``.
+        rest_inverse: (B, J, 4, 4) the inverse rest transform of each joint, ``[I | -J_j]``.
+        translation: (B, 3) added to every vertex, or None.
 
     Returns:
-        (B, V, 3): ``v' = sum_j w_vj (G_j @ rest_inverse_j) [v, 1]``.
+        (B, V, 3): ``v' = sum_j w_vj (G_j @ rest_inverse_j) [v, 1] + translation``.
     """
     batch, _, num_v = vertices_by_coordinate.shape
     num_j = weights_by_joint.shape[0]
-    relative = global_transforms[..., :3, :] @ rest_inverse  # (B, J, 3, 4)
-    by_entry = relative.flatten(2).transpose(1, 2).reshape(batch * 12, num_j)
-    # the blended transforms (12 numbers per vertex and sample) are made and used a chunk of
-    # samples at a time, so they stay in cache instead of streaming through memory twice
-    out = None
+    relative = (global_transforms @ rest_inverse)[..., :3, :]  # (B, J, 3, 4); 4x4 @ 4x4 needs no copy
+    by_entry = relative.flatten(2).transpose(1, 2)  # (B, 12, J): entry (c, k) of each joint's 3x4
+    if translation is not None:  # (B, 12, 1): the translation in column 3
+        translation = (translation.unsqueeze(-1) * _LAST_COLUMN.to(translation)).view(batch, 12, 1)
+    if batch <= _SKIN_CHUNK:
+        # one (B*12, J) x (J, V) product; the translation rides on column 3 as its bias, which
+        # saves a pass over the output and is exact whatever the weights sum to
+        entries = by_entry.reshape(batch * 12, num_j)
+        if translation is None:
+            blended = torch.mm(entries, weights_by_joint)
+        else:
+            blended = torch.addmm(translation.view(batch * 12, 1), entries, weights_by_joint)
+        return _apply_blended(blended.view(batch, 3, 4, num_v), vertices_by_coordinate).contiguous()
+    # Large batches: the blended transforms (12 numbers per vertex and sample) are made and
+    # used a chunk of samples at a time, so they stay in cache instead of streaming through
+    # memory twice. Here the translation is one more "joint" whose weight is 1 at every vertex:
+    # a bias would first be copied into each chunk's whole product (a pass and a parallel
+    # region per chunk), a 17th column costs almost nothing.
+    if translation is not None:
+        by_entry = torch.cat([by_entry, translation], 2)
+        weights_by_joint = torch.cat([weights_by_joint, weights_by_joint.new_ones(1, num_v)])
+    by_entry = by_entry.reshape(batch * 12, -1)
+    chunks = []
     for start in range(0, batch, _SKIN_CHUNK):
         stop = min(start + _SKIN_CHUNK, batch)
-        # one (b*12, J) x (J, V) product, never a per-sample copy of the weights
         blended = torch.mm(by_entry[start * 12 : stop * 12], weights_by_joint).view(stop - start, 3, 4, num_v)
-        x, y, z = vertices_by_coordinate[start:stop].unsqueeze(1).unbind(2)  # each (b, 1, V)
-        posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], x)
-        posed = torch.addcmul(posed, blended[:, :, 1], y)
-        posed = torch.addcmul(posed, blended[:, :, 2], z).transpose(1, 2)  # (b, V, 3)
-        if stop == batch and start == 0:
-            return posed.contiguous()
-        if out is None:
-            out = posed.new_empty(batch, num_v, 3)
-        out[start:stop] = posed
-    return out
+        chunks.append(_apply_blended(blended, vertices_by_coordinate[start:stop]))
+    return torch.cat(chunks)  # one copy into the (B, V, 3) layout for all chunks
+
+
+def _apply_blended(blended: torch.Tensor, vertices_by_coordinate: torch.Tensor) -> torch.Tensor:
+    """(b, 3, 4, V) blended 3x4 transforms applied to (b, 3, V) vertices: a (b, V, 3) transposed view."""
+    posed = torch.addcmul(blended[:, :, 3], blended[:, :, 0], vertices_by_coordinate[:, 0:1])  # x: (b, 1, V)
+    posed = torch.addcmul(posed, blended[:, :, 1], vertices_by_coordinate[:, 1:2])
+    return torch.addcmul(posed, blended[:, :, 2], vertices_by_coordinate[:, 2:3]).transpose(1, 2)
 
 
 def skin_vertices(

@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+import manolayer.lbs
 from manolayer import ManoLayer, ManoModel, PoseInputError, load_mano, mirror_model
 from manolayer.errors import ManoError
 from manolayer.lbs import (
     KinematicPlan,
-    RodriguesConstants,
-    axis_angle_to_homogeneous,
+    QuaternionConstants,
     forward_kinematics,
     forward_kinematics_reference,
     kinematic_levels,
+    skin_homogeneous,
     skin_vertices,
     skin_vertices_reference,
+    turns_to_rotation_offset,
 )
 from manolayer.rotations import (
     axis_angle_to_matrix,
@@ -221,7 +223,8 @@ def test_kinematic_levels_of_mano():
 
 
 @pytest.mark.parametrize("parents", [[-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14], [-1, 0, 0, 1, 1, 2, 5, 3]])
-def test_level_parallel_kinematics_and_skinning_match_references(parents):
+def test_level_parallel_kinematics_and_skinning_match_references(parents, monkeypatch):
+    monkeypatch.setattr(manolayer.lbs, "_SKIN_CHUNK", 16)
     g = torch.Generator().manual_seed(1)
     batch, num_joints, num_v = 40, len(parents), 50  # more samples than one skinning chunk
     rotations = axis_angle_to_matrix(torch.randn(batch, num_joints, 3, generator=g, dtype=F64))
@@ -242,6 +245,26 @@ def test_level_parallel_kinematics_and_skinning_match_references(parents):
     torch.testing.assert_close(grad, grad_reference)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 7])  # one sample, one chunk, several chunks
+def test_skinning_adds_the_translation(batch, monkeypatch):
+    monkeypatch.setattr(manolayer.lbs, "_SKIN_CHUNK", 3)
+    g = torch.Generator().manual_seed(6)
+    num_joints, num_v = 16, 30
+    vertices = torch.randn(batch, 3, num_v, generator=g, dtype=F64)
+    weights = torch.rand(num_joints, num_v, generator=g, dtype=F64)  # rows need not sum to 1
+    transforms = torch.randn(batch, num_joints, 4, 4, generator=g, dtype=F64)
+    rest_inverse = torch.randn(batch, num_joints, 4, 4, generator=g, dtype=F64)
+    translation = torch.randn(batch, 3, generator=g, dtype=F64)
+    moved = skin_homogeneous(vertices, weights, transforms, rest_inverse, translation)
+    still = skin_homogeneous(vertices, weights, transforms, rest_inverse)
+    assert moved.shape == (batch, num_v, 3) and moved.is_contiguous() and still.is_contiguous()
+    torch.testing.assert_close(moved, still + translation.unsqueeze(1), atol=1e-12, rtol=0)
+    relative = (transforms @ rest_inverse)[..., :3, :]  # (B, J, 3, 4)
+    homogeneous = torch.nn.functional.pad(vertices, (0, 0, 0, 1), value=1.0)  # (B, 4, V)
+    reference = torch.einsum("jv,bjck,bkv->bvc", weights, relative, homogeneous)
+    torch.testing.assert_close(still, reference, atol=1e-12, rtol=0)
+
+
 def test_rotation_conversions_round_trip():
     g = torch.Generator().manual_seed(2)
     axis_angle = torch.randn(500, 3, generator=g, dtype=F64)
@@ -260,16 +283,32 @@ def test_rotation_conversions_round_trip():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-def test_homogeneous_rodrigues_matches_the_reference(dtype):
+def test_quaternion_rodrigues_matches_the_reference(dtype):
     g = torch.Generator().manual_seed(3)
-    axis_angle = (torch.randn(300, 3, generator=g, dtype=F64) * torch.logspace(-9, 0.5, 300, dtype=F64)[:, None]).to(dtype)
+    axis_angle = torch.randn(300, 3, generator=g, dtype=F64) * torch.logspace(-9, 0.5, 300, dtype=F64)[:, None]
     axis_angle[0] = 0
-    homogeneous = axis_angle_to_homogeneous(axis_angle, RodriguesConstants.create(dtype)).view(-1, 4, 4)
-    reference = axis_angle_to_matrix(axis_angle)
+    axis_angle[1] = torch.tensor([torch.pi, 0, 0])  # half-angle pi/2: the sinc of 1/2 - s is at 0
+    axis_angle[2] = torch.tensor([0, 0, 2 * torch.pi - 1e-3])  # past pi: cos(half-angle) < 0
+    padded_turns = torch.nn.functional.pad(axis_angle / (2 * torch.pi), (1, 0)).to(dtype)
+    offset = turns_to_rotation_offset(padded_turns, QuaternionConstants.create(dtype)).view(-1, 4, 4)
+    reference = axis_angle_to_matrix(axis_angle) - torch.eye(3, dtype=F64)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
-    torch.testing.assert_close(homogeneous[:, :3, :3], reference, atol=tolerance, rtol=0)
-    assert (homogeneous[:, 3] == torch.tensor([0.0, 0, 0, 1], dtype=dtype)).all() and (homogeneous[:, :3, 3] == 0).all()
-    assert (homogeneous[0, :3, :3] == torch.eye(3, dtype=dtype)).all()  # exactly identity at zero
+    torch.testing.assert_close(offset[:, :3, :3].double(), reference, atol=tolerance, rtol=0)
+    assert (offset[:, 3] == 0).all() and (offset[:, :, 3] == 0).all()
+    assert (offset[0] == 0).all()  # exactly identity at zero
+
+
+def test_quaternion_rodrigues_gradients():
+    g = torch.Generator().manual_seed(4)
+    turns = torch.nn.functional.pad(torch.randn(6, 3, generator=g, dtype=F64), (1, 0))
+    turns[0, 1:] = 0  # at zero, where the norm has no derivative of its own
+    turns[1, 1:] = torch.tensor([0.5, 0, 0])  # half-angle pi/2
+    turns.requires_grad_(True)
+    constants = QuaternionConstants.create(F64)
+    assert torch.autograd.gradcheck(lambda t: turns_to_rotation_offset(t, constants), [turns])
+    # at zero the derivative of R - I is the skew matrix's: d(R - I)/dw_x = [e_x]x
+    (grad,) = torch.autograd.grad(turns_to_rotation_offset(turns, constants)[0, 9], turns)  # entry (2, 1): +w_x
+    torch.testing.assert_close(grad[0], torch.tensor([0, 2 * torch.pi, 0, 0], dtype=F64))
 
 
 @pytest.mark.parametrize("pose_format", ["rot6d", "rotmat"])
@@ -283,6 +322,24 @@ def test_rotation_formats_agree_with_axis_angle(pose_format, right_pickle):
         root, hand = matrix_to_rot6d(root), matrix_to_rot6d(hand)
     out = layer(root, hand, inputs["betas"], inputs["transl"], pose_format=pose_format)
     torch.testing.assert_close(out.vertices, reference.vertices, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("pose_format", ["axis_angle", "rot6d", "rotmat"])
+@pytest.mark.parametrize("flat_hand_mean", [False, True])
+def test_missing_inputs_are_the_defaults(pose_format, flat_hand_mean, right_pickle):
+    """No pose means identity root and the mean (or flat) hand; no betas or transl means zeros."""
+    layer = ManoLayer(load_mano(right_pickle), use_pca=False, flat_hand_mean=flat_hand_mean, dtype=F64)
+    batch = 3
+    zeros = {n: torch.zeros(batch, n, dtype=F64) for n in (3, 10, 45)}
+    reference = layer(zeros[3], zeros[45], zeros[10], zeros[3])  # axis-angle: zero hand pose = the mean
+    identity = {"axis_angle": zeros[3], "rot6d": torch.tensor([[1.0, 0, 0, 0, 1, 0]] * batch, dtype=F64),
+                "rotmat": torch.eye(3, dtype=F64).expand(batch, 3, 3)}[pose_format]  # fmt: skip
+    out = layer(betas=zeros[10], pose_format=pose_format)  # the batch size comes from the inputs given
+    torch.testing.assert_close(out.vertices, reference.vertices, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.joints, reference.joints, atol=1e-12, rtol=0)
+    out = layer(global_orient=identity, pose_format=pose_format)
+    torch.testing.assert_close(out.vertices, reference.vertices, atol=1e-12, rtol=0)
+    assert layer().vertices.shape == (1, 778, 3)
 
 
 def test_gradcheck_float64(tmp_path):
@@ -317,6 +374,13 @@ def test_bad_pose_inputs_name_the_problem(right_pickle):
         layer(torch.zeros(2, 3), torch.zeros(2, 6), torch.zeros(2, 11))
     with pytest.raises(PoseInputError, match="hand_pose contains NaN"):
         layer(torch.zeros(2, 3), torch.full((2, 6), float("nan")))
+    for position, name in enumerate(["global_orient", "hand_pose", "betas", "transl"]):
+        inputs = [torch.zeros(2, 3), torch.zeros(2, 6), torch.zeros(2, 10), torch.zeros(2, 3)]
+        inputs[position][1, -1] = float("inf") if position % 2 else float("nan")
+        with pytest.raises(PoseInputError, match=f"{name} contains NaN or Inf"):
+            layer(*inputs)
+    with pytest.raises(PoseInputError, match="overflow"):
+        layer(torch.zeros(2, 3), torch.zeros(2, 6), torch.full((2, 10), 3e38))
     with pytest.raises(PoseInputError, match="PCA does not apply"):
         layer(torch.zeros(2, 6), pose_format="rot6d")
     with pytest.raises(PoseInputError, match="share one dtype"):
