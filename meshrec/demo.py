@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +106,10 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoSummary:
 
 def write_predictions(model, data: Path, folder: Path, count: int) -> list[Path]:
     """OBJ, overlay PNG and JSON for the first ``count`` held-out images."""
-    from PIL import Image
-
     from meshrec.data.freihand import FreiHandDataset
     from meshrec.data.sample import collate_hand_samples
     from meshrec.export import save_mesh, save_prediction_json
+    from meshrec.inference import png_bytes
     from meshrec.viz import overlay_mesh
 
     dataset = FreiHandDataset(data, "evaluation", crop_size=model.config.image_size)
@@ -126,9 +124,7 @@ def write_predictions(model, data: Path, folder: Path, count: int) -> list[Path]
         image = (batch.image[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         overlay = overlay_mesh(image, prediction.vertices[i], prediction.faces_of(i), prediction.K[i])
         png = Path(f"{stem}_overlay.png")
-        buffer = io.BytesIO()
-        Image.fromarray(np.concatenate([image, overlay], axis=1)).save(buffer, format="PNG")
-        write_bytes_atomic(png, buffer.getvalue())
+        write_bytes_atomic(png, png_bytes(np.concatenate([image, overlay], axis=1)))
         files.append(png)
     return files
 

@@ -499,7 +499,8 @@ def _prediction_json_bytes(prediction, crops: Sequence[PreparedCrop], index: int
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray) -> bytes:
+    """``(H, W, 3)`` uint8 as PNG file bytes (for atomic writes)."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -554,7 +555,7 @@ def write_outputs(
                 raise
             drawn = overlay_mesh(*scene, renderer="matplotlib")  # EGL found but unusable: draw without GL
         overlay_path = out_dir / f"{stem}_overlay.png"
-        write_bytes_atomic(overlay_path, _png_bytes(drawn))
+        write_bytes_atomic(overlay_path, png_bytes(drawn))
         written.append(overlay_path)
     return tuple(written)
 

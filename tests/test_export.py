@@ -21,20 +21,6 @@ def open_hand():
     return model.v_template, model.faces
 
 
-@pytest.fixture(scope="module")
-def prediction(tmp_path_factory):
-    """A tiny random network's prediction for a right and a left crop (64 x 64)."""
-    from meshrec.models.backbone import BackboneConfig
-    from meshrec.models.reconstructor import HandMeshReconstructor, ModelConfig
-
-    torch.manual_seed(0)
-    model = HandMeshReconstructor(
-        ModelConfig(image_size=64, backbone=BackboneConfig(widths=(8, 16, 24, 32))),
-        hierarchy_cache_dir=tmp_path_factory.mktemp("hierarchy"),
-    )
-    return model.predict(torch.rand(2, 3, 64, 64), side=["right", "left"])
-
-
 def _load(path) -> trimesh.Trimesh:
     loaded = trimesh.load(path, process=False)
     if isinstance(loaded, trimesh.Scene):  # GLB loads as a scene of one geometry

@@ -68,22 +68,6 @@ def test_render_hand_command_draws_a_left_hand_from_a_right_file(tmp_path, right
 
 
 @pytest.fixture(scope="module")
-def prediction(tmp_path_factory):
-    """A tiny random network's prediction for a right and a left crop (64 x 64)."""
-    import torch
-
-    from meshrec.models.backbone import BackboneConfig
-    from meshrec.models.reconstructor import HandMeshReconstructor, ModelConfig
-
-    torch.manual_seed(0)
-    model = HandMeshReconstructor(
-        ModelConfig(image_size=64, backbone=BackboneConfig(widths=(8, 16, 24, 32))),
-        hierarchy_cache_dir=tmp_path_factory.mktemp("hierarchy"),
-    )
-    return model.predict(torch.rand(2, 3, 64, 64), side=["right", "left"])
-
-
-@pytest.fixture(scope="module")
 def hand_in_view():
     """The open hand, palm towards a camera 0.45 m away, with K of a 48 x 64 image."""
     from manolayer.io import load_mano
