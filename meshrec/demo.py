@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from manolayer.io import write_bytes_atomic
 from meshrec.errors import MeshrecError
