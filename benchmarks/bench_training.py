@@ -26,7 +26,7 @@ RUNS = {
     "mixed": ("synthetic_mixed.yaml", []),
     "global_only": ("synthetic_full.yaml", ["model.refinement.enabled=false"]),
     "groups1": ("synthetic_full.yaml", ["model.keypoints.groups=1"]),
-    "progressive": ("synthetic_full.yaml", ["trainer.protocol=progressive", "trainer.progressive_epochs=2"]),
+    "progressive": ("synthetic_full.yaml", ["trainer.protocol=progressive", "trainer.progressive_epochs=1"]),
 }
 
 

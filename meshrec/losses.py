@@ -12,9 +12,10 @@ those of the tensors: metres, radians, pixels divided by the image size.
 ================== ============================================================ ==============
 term               per sample                                                   samples
 ================== ============================================================ ==============
-vertices           mean over vertices of the L1 norm ``|dx|+|dy|+|dz|`` (m),    has_mesh
-                   summed over full-resolution stages (global, coarse_to_fine,
-                   pass_1..T) and coarser levels (label down-sampled)
+vertices           mean over vertices of the L1 norm ``|dx|+|dy|+|dz|`` (m)     has_mesh
+                   once each mesh's centroid is removed, summed over
+                   full-resolution stages (global, coarse_to_fine, pass_1..T)
+                   and coarser levels (label down-sampled)
 joints3d           same L1 on root-relative joints (m), summed over stages      has_joints3d
 root               L1 of the absolute wrist (m), summed over stages             has_joints3d
 joints2d           ``|du|/W + |dv|/H`` of the projected joints, mean over       has_joints2d,
@@ -46,6 +47,16 @@ keypoint_consistency  ``|du|/W + |dv|/H`` between the mesh joints' projection   
 
 Choices worth knowing:
 
+- The vertex term ignores translation (centroids removed); placement is the ``root`` and
+  ``joints2d`` terms' job. In the camera frame an early model's depth is off by ~70 mm, and
+  the L1 gradient of such a mesh is the same sign at every vertex: it says "move back" and
+  nothing about the pose. Measured (docs/benchmarks.md): the global stage's PA-MPVPE after
+  167 steps went 26.4 -> 17.1 mm with centring.
+- Default weights put 3D first: ``joints2d`` is 0.1 and ``mano_pose`` 1.0. A normalised 2D
+  error of 10 px at 128 px is 0.16 against ~0.03 for a 10 mm vertex L1, so at equal weights
+  the projection term dominated and, while the orientation is still unknown, bent the fingers
+  to fit the 2D joints: the global stage ended *worse* than the mean hand after PA (15.7 mm
+  vs 12.9); with these weights it stays at the mean hand (13.0) while it learns.
 - Stages are summed, not averaged: every stage gets the full weight (deep supervision), so a
   model with more passes has a larger total. The last stage is the final output, so "final"
   is never counted twice.
@@ -151,11 +162,11 @@ class LossConfig:
 
     vertices: float = 1.0
     joints3d: float = 1.0
-    root: float = 0.1
-    joints2d: float = 1.0
+    root: float = 1.0
+    joints2d: float = 0.1
     normals: float = 0.1
     edges: float = 1.0
-    mano_pose: float = 0.1
+    mano_pose: float = 1.0
     mano_shape: float = 0.01
     pose_prior: float = 0.001
     shape_prior: float = 0.001
@@ -445,6 +456,15 @@ def warmup_factor(config: LossConfig, term: str, step: int) -> float:
 # ---------------------------------------------------------------------------- the loss
 
 
+def _centred(vertices: Tensor) -> Tensor:
+    return vertices - vertices.mean(-2, keepdim=True)
+
+
+def _centred_l1(vertices: Tensor, centred_label: Tensor) -> Tensor:
+    """``(B,)`` mean over vertices of ``|dx|+|dy|+|dz|`` once each mesh's centroid is removed."""
+    return (_centred(vertices) - centred_label).abs().sum(-1).mean(-1)
+
+
 def _connected_zero(*tensors: Tensor) -> Tensor:
     """A scalar 0 that depends on ``tensors`` (zero gradients reach their parameters)."""
     return sum((t * 0).sum() for t in tensors)
@@ -530,9 +550,10 @@ def hand_losses(
     # --- mesh labels
     if "vertices" in active:
         per_stage = {}
+        centred_label = _centred(label_vertices) if mesh_labels else None
         for stage, vertices in stages.items():
             if mesh_labels:
-                per_stage[stage] = masked_mean((vertices - label_vertices).abs().sum(-1).mean(-1), has_mesh)
+                per_stage[stage] = masked_mean(_centred_l1(vertices, centred_label), has_mesh)
             else:
                 per_stage[stage] = _connected_zero(vertices)
         coarser = prediction.level_vertices[1:]
@@ -544,8 +565,7 @@ def hand_losses(
                 )
             for level, vertices in enumerate(coarser, start=1):
                 if mesh_labels:
-                    error = (vertices - targets[level]).abs().sum(-1).mean(-1)
-                    per_stage[f"level_{level}"] = masked_mean(error, has_mesh)
+                    per_stage[f"level_{level}"] = masked_mean(_centred_l1(vertices, _centred(targets[level])), has_mesh)
                 else:
                     per_stage[f"level_{level}"] = _connected_zero(vertices)
         stage_sum("vertices", per_stage)

@@ -179,11 +179,16 @@ def test_a_wrong_label_is_seen_by_its_terms(model):
     moved = dataclasses.replace(batch, vertices=batch.vertices + 0.01, joints3d=batch.joints3d + 0.01)
     out = losses(model, prediction, moved)
     stages = len(prediction.stage_vertices())
-    # L1 over x, y, z of a 1 cm shift: 3 cm per stage; root likewise (times its weight 0.1)
-    assert float(out.parts["vertices/global"]) == pytest.approx(0.03, rel=1e-4)
-    assert float(out.terms["root"]) == pytest.approx(0.1 * 0.03 * stages, rel=1e-4)
+    # a 1 cm shift: the root sees 3 cm of L1 per stage; the shapes are unchanged
+    assert float(out.terms["root"]) == pytest.approx(LossConfig().root * 0.03 * stages, rel=1e-4)
+    assert float(out.parts["vertices/global"]) < 1e-6  # centred: translation is the root's job
     assert float(out.terms["joints3d"]) < 1e-6  # root-relative: a shift is no error
     assert float(out.terms["normals"]) < 1e-6 and float(out.terms["edges"]) < 1e-6  # shape unchanged
+    # a 10 % larger hand: every centred vertex is off by a tenth of its distance to the centroid
+    centroid = batch.vertices.mean(1, keepdim=True)
+    larger = dataclasses.replace(batch, vertices=centroid + 1.1 * (batch.vertices - centroid))
+    expected = 0.1 * (prediction.global_vertices - prediction.global_vertices.mean(1, keepdim=True)).abs().sum(-1).mean()
+    assert float(losses(model, prediction, larger).parts["vertices/global"]) == pytest.approx(float(expected), rel=1e-3)
 
 
 def test_labels_absent_from_the_batch_give_exact_zeros_and_finite_gradients(model):
@@ -239,7 +244,8 @@ def test_joints2d_is_visibility_weighted_and_resolution_free(model):
     out = losses(model, prediction, dataclasses.replace(batch, joints2d=pixels))
     expected = 6.0 / SIZE / int(visible.sum())  # mean over the batch's visible joints
     assert float(out.parts["joints2d/global"]) == pytest.approx(expected, rel=1e-4)
-    assert float(out.terms["joints2d"]) == pytest.approx(expected * len(prediction.stage_vertices()), rel=1e-4)
+    weight = LossConfig().joints2d
+    assert float(out.terms["joints2d"]) == pytest.approx(weight * expected * len(prediction.stage_vertices()), rel=1e-4)
     # the head's 2D keypoints are weighted the same way
     assert float(out.parts["keypoints2d/final"]) == pytest.approx(expected, rel=1e-4)
 

@@ -102,10 +102,10 @@ def test_gate_threshold_changes_passes_and_counted_compute(model):
     assert never_passes.tolist() == [3] * 4 and always_passes.tolist() == [1] * 4
     one_pass, _ = run(-1.0)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images, K, max_passes=1)
+        model(images, K, max_passes=1, exit_threshold=1.0)
     single = counter.get_total_flops()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(images, K, max_passes=2)
+        model(images, K, max_passes=2, exit_threshold=1.0)
     per_pass = counter.get_total_flops() - single
     assert per_pass > 0
     assert always_flops == single
@@ -123,9 +123,14 @@ def test_exited_samples_are_not_computed(model):
         mixed = model(images, K, exit_threshold=threshold)
     left_early = torch.sigmoid(logits) > threshold
     assert 0 < left_early.sum() < 4
-    assert mixed.passes_used[left_early].eq(1).all() and mixed.passes_used[~left_early].eq(3).all()
+    assert mixed.passes_used[left_early].eq(1).all() and mixed.passes_used[~left_early].ge(2).all()
     torch.testing.assert_close(mixed.vertices[left_early], full.pass_vertices[0][left_early])
-    torch.testing.assert_close(mixed.vertices[~left_early], full.vertices[~left_early], atol=1e-5, rtol=1e-5)
+    # the others leave where their own gate says, with the mesh the full-depth run had there
+    for i in torch.nonzero(~left_early).flatten().tolist():
+        passes = int(mixed.passes_used[i])
+        later = torch.sigmoid(torch.stack(full.pass_exit_logit)[: passes - 1, i])
+        assert bool((later <= threshold).all()) and (passes == 3 or float(torch.sigmoid(full.pass_exit_logit[passes - 1][i])) > threshold)
+        torch.testing.assert_close(mixed.vertices[i], full.pass_vertices[passes - 1][i], atol=1e-5, rtol=1e-5)
 
 
 def test_left_hand_is_the_mirrored_right_hand(model):

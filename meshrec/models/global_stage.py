@@ -43,6 +43,7 @@ class GlobalStageConfig:
     """
 
     hidden: int = 256
+    pool_grid: int = 4
     pose_param: str = "rot6d"
     pca_components: int = 12
     hand_size_m: float = 0.2
@@ -50,10 +51,10 @@ class GlobalStageConfig:
     def __post_init__(self) -> None:
         if self.pose_param not in ("rot6d", "pca"):
             raise MeshrecError(f"global_stage.pose_param must be 'rot6d' or 'pca', got {self.pose_param!r}")
-        if self.hidden < 1 or self.pca_components < 1 or not self.hand_size_m > 0:
+        if self.hidden < 1 or self.pool_grid < 1 or self.pca_components < 1 or not self.hand_size_m > 0:
             raise MeshrecError(
-                f"global_stage needs hidden >= 1, pca_components >= 1, hand_size_m > 0; got "
-                f"{self.hidden}, {self.pca_components}, {self.hand_size_m}"
+                f"global_stage needs hidden >= 1, pool_grid >= 1, pca_components >= 1, hand_size_m > 0; got "
+                f"{self.hidden}, {self.pool_grid}, {self.pca_components}, {self.hand_size_m}"
             )
 
 
@@ -117,10 +118,10 @@ class GlobalStageOutput:
 
 
 class GlobalStage(nn.Module):
-    """MLP on pooled features -> MANO parameters and camera -> posed mesh in the camera frame.
+    """MLP on grid-pooled features -> MANO parameters and camera -> posed mesh in the camera frame.
 
     Args:
-        in_channels: width of the pooled feature vector.
+        in_channels: channels of the feature map it reads (the pyramid's coarsest level).
         model: the (right) hand model.
         config: :class:`GlobalStageConfig`.
         joint_regressor: ``(21, V)`` from :func:`joint_regressor_openpose`.
@@ -138,7 +139,7 @@ class GlobalStage(nn.Module):
         self.num_betas = model.num_betas
         num_joints = model.num_joints
         pose_width = 3 + config.pca_components if use_pca else 6 * num_joints
-        self.mlp = nn.Sequential(nn.Linear(in_channels, config.hidden), nn.ReLU(inplace=True))
+        self.mlp = nn.Sequential(nn.Linear(in_channels * config.pool_grid**2, config.hidden), nn.ReLU(inplace=True))
         self.pose_head = nn.Linear(config.hidden, pose_width)
         self.shape_head = nn.Linear(config.hidden, self.num_betas)
         self.camera_head = nn.Linear(config.hidden, 3)
@@ -158,13 +159,14 @@ class GlobalStage(nn.Module):
             self.register_buffer("pca_components", components, persistent=False)
             self.register_buffer("hands_mean", torch.from_numpy(model.hands_mean).float(), persistent=False)
 
-    def forward(self, pooled: torch.Tensor, K: torch.Tensor, image_size: tuple[int, int]) -> GlobalStageOutput:
-        """pooled ``(B, C)``, K ``(B, 3, 3)`` -> :class:`GlobalStageOutput`."""
-        hidden = self.mlp(pooled)
+    def forward(self, features: torch.Tensor, K: torch.Tensor, image_size: tuple[int, int]) -> GlobalStageOutput:
+        """features ``(B, C, h, w)``, K ``(B, 3, 3)`` -> :class:`GlobalStageOutput`."""
+        grid = self.config.pool_grid
+        hidden = self.mlp(nn.functional.adaptive_avg_pool2d(features, grid).flatten(1))
         pose = self.pose_head(hidden)
         betas = self.shape_head(hidden)
         camera = self.camera_head(hidden)
-        batch = pooled.shape[0]
+        batch = features.shape[0]
         if self.config.pose_param == "rot6d":
             rot6d = pose.view(batch, -1, 6)
             out = self.mano(global_orient=rot6d[:, 0], hand_pose=rot6d[:, 1:].reshape(batch, -1), betas=betas, pose_format="rot6d")

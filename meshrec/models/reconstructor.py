@@ -252,7 +252,7 @@ class HandMeshReconstructor(nn.Module):
 
         pyramid = self.backbone(images)
         pooled = pyramid[-1].mean(dim=(2, 3))
-        parametric = self.global_stage(pooled, K, image_size)
+        parametric = self.global_stage(pyramid[-1], K, image_size)
         keypoints = None
         if self.keypoint_head is not None:
             keypoints = self.keypoint_head(pyramid[self.keypoint_level], temperature=temperature)
