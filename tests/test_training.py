@@ -91,6 +91,38 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
         train(tiny_config(run_dir))
 
 
+def test_exported_backbone_starts_a_new_run_and_its_checkpoint_outlives_the_file(tmp_path):
+    """``meshrec export-backbone`` -> ``model.backbone.weights=FILE`` -> a checkpoint that loads
+    even after FILE is gone (the checkpoint holds every weight)."""
+    import json
+
+    from meshrec.models.backbone import Backbone, BackboneConfig
+    from meshrec.models.reconstructor import HandMeshReconstructor
+    from meshrec.training.run import train
+    from pipelines.cli import main
+
+    settings = dict(trainer={"max_epochs": 1}, data={"train_samples": 8, "augment": False})
+    first = train(tiny_config(tmp_path / "first", **settings))
+    weights = tmp_path / "exported" / "backbone.pt"
+    assert main(["export-backbone", "--checkpoint", str(first.last_checkpoint), "--out", str(weights), "--note", "tiny"]) == 0
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    assert meta["backbone"]["widths"] == [8, 16, 24, 32] and meta["global_step"] == 1 and meta["note"] == "tiny"
+
+    backbone = Backbone(BackboneConfig(widths=(8, 16, 24, 32), weights=str(weights)))
+    trained = final_weights(tmp_path / "first")
+    for name, tensor in backbone.state_dict().items():
+        torch.testing.assert_close(tensor, trained[f"model.backbone.{name}"])
+
+    model = dict(TINY["model"], backbone={"widths": [8, 16, 24, 32], "weights": str(weights)})
+    second = train(tiny_config(tmp_path / "second", model=model, **settings))
+    weights.unlink()
+    restored = HandMeshReconstructor.from_checkpoint(second.last_checkpoint)
+    for name, tensor in restored.state_dict().items():
+        torch.testing.assert_close(tensor, final_weights(tmp_path / "second")[f"model.{name}"])
+    assert main(["export-backbone", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(weights)]) == 2
+    assert not weights.exists()
+
+
 @needs_gl
 def test_overfits_one_batch(tmp_path):
     """The full objective on 8 fixed samples falls a lot in 60 steps."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from meshrec.errors import MeshrecError
+from meshrec.models.pretrained import resolve_backbone_weights
 
 STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 
@@ -31,8 +32,9 @@ class BackboneConfig:
         stem_channels: width of the stride-2 stem convolution.
         widths: channels of the stride 4, 8, 16 and 32 outputs.
         blocks: residual blocks per stage (after each stage's stride-2 convolution).
-        weights: optional path to a ``state_dict`` of this backbone (e.g. pretrained by the
-            user) loaded at construction; keys may carry a ``backbone.`` prefix.
+        weights: weights loaded at construction: ``'synthetic-hands'`` (shipped with meshrec,
+            see :mod:`meshrec.models.pretrained`), a path to a ``state_dict`` of this backbone
+            (keys may carry a ``backbone.`` prefix), or None for random weights.
     """
 
     stem_channels: int = 16
@@ -112,11 +114,13 @@ class Backbone(nn.Module):
 
 
 def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
-    """Load a user's ``state_dict`` into the backbone, saying exactly what does not fit.
+    """Load bundled weights (by name) or a user's ``state_dict`` into the backbone, saying exactly
+    what does not fit.
 
-    Accepts a plain state dict, a dict holding one under ``state_dict`` (Lightning checkpoints)
+    Accepts a bundled name (:data:`meshrec.models.pretrained.BUNDLED_BACKBONES`), a plain state dict, a dict holding one under ``state_dict`` (Lightning checkpoints)
     and keys prefixed ``backbone.`` (a whole model's state dict).
     """
+    path = resolve_backbone_weights(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

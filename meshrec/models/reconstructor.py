@@ -197,7 +197,11 @@ class HandMeshReconstructor(nn.Module):
             state = checkpoint["state_dict"]
         except (KeyError, TypeError):
             raise MeshrecError(f"{path} is not a meshrec training checkpoint (no hyper_parameters.config.model / state_dict)") from None
-        model = cls(config_from_dict(ModelConfig, model_config, where="model"), hierarchy_cache_dir=hierarchy_cache_dir)
+        config = config_from_dict(ModelConfig, model_config, where="model")
+        # the checkpoint holds every weight; the initial backbone weights it started from may not
+        # exist on this machine
+        config.backbone.weights = None
+        model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
         weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
         model.load_state_dict(weights)
         return model.to(device).eval()
