@@ -261,6 +261,20 @@ def test_backbone_weights_load_and_mismatches_are_named(cache_dir, tmp_path, mod
         HandMeshReconstructor(small_config(backbone=BackboneConfig(weights=str(tmp_path / "missing.pt"))), hierarchy_cache_dir=cache_dir)
 
 
+def test_bundled_backbone_weights_fit_the_default_backbone(monkeypatch, tmp_path):
+    from meshrec.models import pretrained
+    from meshrec.models.backbone import Backbone
+
+    backbone = Backbone(BackboneConfig(weights="synthetic-hands"))
+    shipped = torch.load(pretrained.resolve_backbone_weights("synthetic-hands"), weights_only=True)
+    assert shipped["meta"]["backbone"]["widths"] == list(BackboneConfig().widths)
+    for name, tensor in backbone.state_dict().items():
+        torch.testing.assert_close(tensor, shipped["state_dict"][name])
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(MeshrecError, match="bundled backbone weights 'synthetic-hands' are missing.*reinstall"):
+        Backbone(BackboneConfig(weights="synthetic-hands"))
+
+
 def test_checkpoints_carry_no_hand_model_data(model):
     """MANO's licence: the model's arrays are non-persistent buffers, never saved."""
     state = model.state_dict()
