@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo test bench pretrained-backbone clean
+.PHONY: setup system-deps demo test bench pretrained-weights clean
 
 # The OpenGL renderer (meshrec.render.gl) needs EGL and Mesa. Installed when we can (root with
 # apt-get); otherwise the exact command is printed, and the tests that need it are skipped.
@@ -39,15 +39,15 @@ bench: setup
 	$(BIN)/python benchmarks/bench_manolayer.py
 	$(BIN)/python benchmarks/bench_model.py
 
-# Rebuilds meshrec's bundled backbone weights (model.backbone.weights: synthetic-hands) from nothing:
-# 40,000 synthetic hands (seed 7), 2D keypoint training (configs/pretrain_backbone.yaml), export.
+# Rebuilds meshrec's bundled starting weights (model.weights: synthetic-hands) from nothing:
+# 40,000 synthetic hands (seed 7), 2D keypoint training (configs/pretrain.yaml), export.
 # About 30 minutes on 2 CPU cores (synth 1 minute, 9,500 training steps 26 minutes).
-pretrained-backbone: setup
+pretrained-weights: setup
 	$(BIN)/meshrec synth --out data/pretrain --num 40000 --seed 7 --eval-fraction 0.05
-	$(BIN)/meshrec train --config configs/pretrain_backbone.yaml
-	$(BIN)/meshrec export-backbone --checkpoint runs/pretrain_backbone/checkpoints/last.ckpt \
-	  --out meshrec/models/weights/backbone_synthetic_hands.pt \
-	  --note "make pretrained-backbone: configs/pretrain_backbone.yaml on data/pretrain (meshrec synth --num 40000 --seed 7 --eval-fraction 0.05)"
+	$(BIN)/meshrec train --config configs/pretrain.yaml
+	$(BIN)/meshrec export-weights --checkpoint runs/pretrain/checkpoints/last.ckpt \
+	  --out meshrec/models/weights/synthetic_hands.pt \
+	  --note "make pretrained-weights: configs/pretrain.yaml on data/pretrain (meshrec synth --num 40000 --seed 7 --eval-fraction 0.05)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,7 +7,7 @@ pre-rendered set (``meshrec synth --out data/synth --num 20000``), then scores t
 checkpoint on the held-out split with the FreiHAND protocol. Prints one table: training
 images/s, peak resident memory, PA-MPVPE of the global stage and of the final mesh, passes the
 gate used, and the always-T_max comparison for the gate. Each run is its own process, so its
-peak memory is its own. The configs start from the bundled ``synthetic-hands`` backbone;
+peak memory is its own. The configs start from the bundled ``synthetic-hands`` weights;
 ``*_scratch`` runs start from random weights.
 """
 
@@ -32,8 +32,8 @@ RUNS = {
     "global_only": ("synthetic_full.yaml", ["model.refinement.enabled=false"]),
     "groups1": ("synthetic_full.yaml", ["model.keypoints.groups=1"]),
     "progressive": ("synthetic_full.yaml", ["trainer.protocol=progressive", "trainer.progressive_epochs=1"]),
-    "full_scratch": ("synthetic_full.yaml", ["model.backbone.weights=null"]),
-    "mixed_scratch": ("synthetic_mixed.yaml", ["model.backbone.weights=null"]),
+    "full_scratch": ("synthetic_full.yaml", ["model.weights=null"]),
+    "mixed_scratch": ("synthetic_mixed.yaml", ["model.weights=null"]),
 }
 
 

@@ -20,7 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render-hand": ("pipelines.render_hand", "draw the hand model in sampled poses to a PNG"),
     "synth": ("pipelines.synth", "render a synthetic hand data set in the FreiHAND layout"),
     "train": ("pipelines.train", "train a model (full, sparse 2D/3D or mixed labels)"),
-    "export-backbone": ("pipelines.export_backbone", "write the backbone of a training checkpoint as a weights file"),
+    "export-weights": ("pipelines.export_weights", "write a training checkpoint's weights as starting weights for later runs"),
     "eval": ("pipelines.eval", "score a checkpoint on a FreiHAND-layout split, every stage, with a baseline"),
     "predict": ("pipelines.predict", "reconstruct hands in images: meshes (OBJ/PLY/GLB), joints JSON, overlays"),
     "demo": ("pipelines.demo", "render synthetic hands, train briefly with mixed labels, evaluate, export meshes"),

@@ -249,30 +249,46 @@ def test_every_part_can_be_switched(cache_dir, changes):
     assert prediction.vertices.shape == (2, model.num_vertices, 3) and torch.isfinite(prediction.vertices).all()
 
 
-def test_backbone_weights_load_and_mismatches_are_named(cache_dir, tmp_path, model):
-    path = tmp_path / "backbone.pt"
-    torch.save(model.state_dict(), path)  # a whole model's state dict: 'backbone.' prefixes
-    loaded = HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 32), weights=str(path))), hierarchy_cache_dir=cache_dir)
-    for name, tensor in model.backbone.state_dict().items():
-        torch.testing.assert_close(loaded.backbone.state_dict()[name], tensor)
-    with pytest.raises(MeshrecError, match=r"do not fit the configured backbone .*wrong shapes"):
-        HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 48), weights=str(path))), hierarchy_cache_dir=cache_dir)
+def test_starting_weights_load_part_by_part_and_mismatches_are_named(cache_dir, tmp_path, model):
+    def same(part, a, b):
+        return all(torch.equal(t, getattr(b, part).state_dict()[k]) for k, t in getattr(a, part).state_dict().items())
+
+    whole = tmp_path / "whole.pt"
+    torch.save(model.state_dict(), whole)
+    loaded = HandMeshReconstructor(small_config(weights=str(whole)), hierarchy_cache_dir=cache_dir)
+    assert all(same(part, loaded, model) for part in ("backbone", "global_stage", "keypoint_head", "refiner"))
+
+    bare = tmp_path / "backbone.pt"  # a backbone's own state dict: no part prefix
+    torch.save(model.backbone.state_dict(), bare)
+    torch.manual_seed(5)
+    loaded = HandMeshReconstructor(small_config(weights=str(bare)), hierarchy_cache_dir=cache_dir)
+    assert same("backbone", loaded, model) and not same("global_stage", loaded, model)
+
+    other_groups = dataclasses.replace(small_config().keypoints, groups=1)
+    with pytest.warns(UserWarning, match="keypoint_head does not fit .*starts from random weights"):
+        loaded = HandMeshReconstructor(small_config(weights=str(whole), keypoints=other_groups), hierarchy_cache_dir=cache_dir)
+    assert same("backbone", loaded, model) and same("refiner", loaded, model)
+    with pytest.raises(MeshrecError, match=r"do not fit the configured backbone: wrong shapes"):
+        HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 48)), weights=str(whole)), hierarchy_cache_dir=cache_dir)
     with pytest.raises(MeshrecError, match="not found"):
-        HandMeshReconstructor(small_config(backbone=BackboneConfig(weights=str(tmp_path / "missing.pt"))), hierarchy_cache_dir=cache_dir)
+        HandMeshReconstructor(small_config(weights=str(tmp_path / "missing.pt")), hierarchy_cache_dir=cache_dir)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(MeshrecError, match="holds no state_dict"):
+        HandMeshReconstructor(small_config(weights=str(tmp_path / "list.pt")), hierarchy_cache_dir=cache_dir)
 
 
-def test_bundled_backbone_weights_fit_the_default_backbone(monkeypatch, tmp_path):
+def test_bundled_weights_fit_the_default_model(monkeypatch, tmp_path):
     from meshrec.models import pretrained
-    from meshrec.models.backbone import Backbone
 
-    backbone = Backbone(BackboneConfig(weights="synthetic-hands"))
-    shipped = torch.load(pretrained.resolve_backbone_weights("synthetic-hands"), weights_only=True)
-    assert shipped["meta"]["backbone"]["widths"] == list(BackboneConfig().widths)
-    for name, tensor in backbone.state_dict().items():
-        torch.testing.assert_close(tensor, shipped["state_dict"][name])
+    shipped = torch.load(pretrained.resolve_weights("synthetic-hands"), weights_only=True)
+    assert shipped["meta"]["parts"] == ["backbone", "global_stage", "keypoint_head"]
+    model = HandMeshReconstructor(ModelConfig(weights="synthetic-hands"))
+    for name, tensor in model.state_dict().items():
+        if name.split(".", 1)[0] != "refiner":
+            torch.testing.assert_close(tensor, shipped["state_dict"][name], msg=name)
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(MeshrecError, match="bundled backbone weights 'synthetic-hands' are missing.*reinstall"):
-        Backbone(BackboneConfig(weights="synthetic-hands"))
+    with pytest.raises(MeshrecError, match="bundled weights 'synthetic-hands' are missing.*reinstall"):
+        HandMeshReconstructor(ModelConfig(weights="synthetic-hands"))
 
 
 def test_checkpoints_carry_no_hand_model_data(model):

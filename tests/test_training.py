@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -91,35 +92,33 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
         train(tiny_config(run_dir))
 
 
-def test_exported_backbone_starts_a_new_run_and_its_checkpoint_outlives_the_file(tmp_path):
-    """``meshrec export-backbone`` -> ``model.backbone.weights=FILE`` -> a checkpoint that loads
-    even after FILE is gone (the checkpoint holds every weight)."""
+def test_exported_weights_start_a_new_run_and_its_checkpoint_outlives_the_file(tmp_path):
+    """``meshrec export-weights`` -> ``model.weights=FILE`` -> a checkpoint that loads even after
+    FILE is gone (the checkpoint holds every weight)."""
     import json
 
-    from meshrec.models.backbone import Backbone, BackboneConfig
     from meshrec.models.reconstructor import HandMeshReconstructor
     from meshrec.training.run import train
     from pipelines.cli import main
 
     settings = dict(trainer={"max_epochs": 1}, data={"train_samples": 8, "augment": False})
     first = train(tiny_config(tmp_path / "first", **settings))
-    weights = tmp_path / "exported" / "backbone.pt"
-    assert main(["export-backbone", "--checkpoint", str(first.last_checkpoint), "--out", str(weights), "--note", "tiny"]) == 0
+    weights = tmp_path / "exported" / "start.pt"
+    assert main(["export-weights", "--checkpoint", str(first.last_checkpoint), "--out", str(weights), "--note", "tiny"]) == 0
     meta = json.loads(weights.with_suffix(".json").read_text())
-    assert meta["backbone"]["widths"] == [8, 16, 24, 32] and meta["global_step"] == 1 and meta["note"] == "tiny"
+    assert meta["model"]["backbone"]["widths"] == [8, 16, 24, 32] and meta["global_step"] == 1 and meta["note"] == "tiny"
 
-    backbone = Backbone(BackboneConfig(widths=(8, 16, 24, 32), weights=str(weights)))
     trained = final_weights(tmp_path / "first")
-    for name, tensor in backbone.state_dict().items():
-        torch.testing.assert_close(tensor, trained[f"model.backbone.{name}"])
+    started = HandMeshReconstructor(dataclasses.replace(tiny_config(tmp_path / "x").model, weights=str(weights)))
+    for name, tensor in started.state_dict().items():
+        torch.testing.assert_close(tensor, trained[f"model.{name}"])
 
-    model = dict(TINY["model"], backbone={"widths": [8, 16, 24, 32], "weights": str(weights)})
-    second = train(tiny_config(tmp_path / "second", model=model, **settings))
+    second = train(tiny_config(tmp_path / "second", model=dict(TINY["model"], weights=str(weights)), **settings))
     weights.unlink()
     restored = HandMeshReconstructor.from_checkpoint(second.last_checkpoint)
     for name, tensor in restored.state_dict().items():
         torch.testing.assert_close(tensor, final_weights(tmp_path / "second")[f"model.{name}"])
-    assert main(["export-backbone", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(weights)]) == 2
+    assert main(["export-weights", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(weights)]) == 2
     assert not weights.exists()
 
 

@@ -8,14 +8,12 @@ at 128 x 128.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from meshrec.errors import MeshrecError
-from meshrec.models.pretrained import resolve_backbone_weights
 
 STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 
@@ -32,15 +30,11 @@ class BackboneConfig:
         stem_channels: width of the stride-2 stem convolution.
         widths: channels of the stride 4, 8, 16 and 32 outputs.
         blocks: residual blocks per stage (after each stage's stride-2 convolution).
-        weights: weights loaded at construction: ``'synthetic-hands'`` (shipped with meshrec,
-            see :mod:`meshrec.models.pretrained`), a path to a ``state_dict`` of this backbone
-            (keys may carry a ``backbone.`` prefix), or None for random weights.
     """
 
     stem_channels: int = 16
     widths: tuple[int, int, int, int] = (20, 40, 80, 160)
     blocks: tuple[int, int, int, int] = (1, 1, 1, 1)
-    weights: str | None = None
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)  # YAML gives lists
@@ -96,8 +90,6 @@ class Backbone(nn.Module):
             stages.append(nn.Sequential(conv_bn_relu(previous, width, stride=2), *(BasicBlock(width) for _ in range(depth))))
             previous = width
         self.stages = nn.ModuleList(stages)
-        if config.weights:
-            load_backbone_weights(self, config.weights)
 
     @property
     def out_channels(self) -> tuple[int, ...]:
@@ -111,49 +103,3 @@ class Backbone(nn.Module):
             x = stage(x)
             pyramid.append(x)
         return pyramid
-
-
-def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
-    """Load bundled weights (by name) or a user's ``state_dict`` into the backbone, saying exactly
-    what does not fit.
-
-    Accepts a bundled name (:data:`meshrec.models.pretrained.BUNDLED_BACKBONES`), a plain state dict, a dict holding one under ``state_dict`` (Lightning checkpoints)
-    and keys prefixed ``backbone.`` (a whole model's state dict).
-    """
-    path = resolve_backbone_weights(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MeshrecError(f"backbone weights file not found: {path}") from None
-    except Exception as error:  # a corrupt file can raise many types; name it and the cause
-        raise MeshrecError(f"cannot read backbone weights {path}: {error}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise MeshrecError(f"{path} holds a {type(state).__name__}, expected a state_dict (a dict of tensors)")
-    prefixes = ("model.backbone.", "backbone.")
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        cleaned[key] = value
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(cleaned))
-    wrong = [
-        f"{k} {tuple(cleaned[k].shape)} (expected {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in cleaned and tuple(cleaned[k].shape) != tuple(v.shape)
-    ]
-    if missing or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys, e.g. {missing[:3]}")
-        if wrong:
-            parts.append(f"wrong shapes: {wrong[:3]}")
-        raise MeshrecError(
-            f"backbone weights {path} do not fit the configured backbone "
-            f"(widths {backbone.config.widths}, blocks {backbone.config.blocks}): " + "; ".join(parts)
-        )
-    backbone.load_state_dict({k: cleaned[k] for k in expected})

@@ -28,6 +28,7 @@ from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import STRIDES, Backbone, BackboneConfig
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
 from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput
+from meshrec.models.pretrained import load_starting_weights, load_tensors_file
 from meshrec.models.refinement import GateConfig, MeshRefiner, RefinementConfig
 
 SIDE_RIGHT, SIDE_LEFT = 0, 1
@@ -45,6 +46,10 @@ class ModelConfig:
         channels_last: run convolutions in channels-last memory format (faster on CPUs).
         backbone, global_stage, keypoints, refinement, gate: the parts; each can be switched
             off for ablations (``keypoints.enabled``, ``refinement.enabled``, ``gate.max_passes``).
+        weights: starting weights loaded at construction: ``'synthetic-hands'`` (shipped with
+            meshrec), a weights file, a checkpoint or a backbone ``state_dict``; every part it
+            holds that fits is loaded (:func:`meshrec.models.pretrained.load_starting_weights`).
+            None: random weights.
     """
 
     hand_model: str | None = None
@@ -55,6 +60,7 @@ class ModelConfig:
     keypoints: JointGroupsConfig = field(default_factory=JointGroupsConfig)
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
@@ -169,6 +175,8 @@ class HandMeshReconstructor(nn.Module):
                 spiral_length=config.refinement.spiral_length, cache_dir=hierarchy_cache_dir,
             )
             self.refiner = MeshRefiner(model, hierarchy, regressor, channels, channels[-1], config.refinement, config.gate)
+        if config.weights:
+            load_starting_weights(self, config.weights)
         if config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
             if self.keypoint_head is not None:
@@ -186,21 +194,15 @@ class HandMeshReconstructor(nn.Module):
         in eval mode on ``device``. The configuration is read from the checkpoint itself."""
         from meshrec.config import config_from_dict
 
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise MeshrecError(f"checkpoint not found: {path}") from None
-        except Exception as error:  # torch raises many types for a corrupt file; name the file
-            raise MeshrecError(f"cannot read checkpoint {path}: {error}") from None
+        checkpoint = load_tensors_file(path, "checkpoint")
         try:
             model_config = checkpoint["hyper_parameters"]["config"]["model"]
             state = checkpoint["state_dict"]
         except (KeyError, TypeError):
             raise MeshrecError(f"{path} is not a meshrec training checkpoint (no hyper_parameters.config.model / state_dict)") from None
         config = config_from_dict(ModelConfig, model_config, where="model")
-        # the checkpoint holds every weight; the initial backbone weights it started from may not
-        # exist on this machine
-        config.backbone.weights = None
+        # the checkpoint holds every weight; the file its run started from may not exist here
+        config.weights = None
         model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
         weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
         model.load_state_dict(weights)
