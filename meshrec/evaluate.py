@@ -179,18 +179,6 @@ def _score(pred_joints, pred_vertices, gt_joints, gt_vertices, joints_only: bool
 # --------------------------------------------------------------------------- the run
 
 
-def _stages_to_max_passes(prediction, max_passes: int) -> dict[str, torch.Tensor]:
-    """``Prediction.stage_vertices()`` (CPU, float32) with ``pass_1`` ... ``pass_T`` all present:
-    the loop stops once every sample of a batch has left, and a sample that left keeps its
-    last mesh in the later passes (as at inference), so missing passes repeat the last one."""
-    stages = {name: v.detach().float().cpu() for name, v in prediction.stage_vertices().items()}
-    ran = len(prediction.pass_vertices)
-    if ran:
-        for index in range(ran + 1, max_passes + 1):
-            stages[f"pass_{index}"] = stages[f"pass_{ran}"]
-    return stages
-
-
 def evaluate(
     model,
     data: str | os.PathLike,
@@ -277,7 +265,7 @@ def evaluate(
             label_vertices.append(
                 batch.vertices[labelled] if same_topology else torch.zeros(int(labelled.sum()), num_vertices, 3)
             )
-            stages = _stages_to_max_passes(prediction, max_passes)
+            stages = {name: v.detach().float().cpu() for name, v in prediction.stage_vertices(max_passes).items()}
             stages[FINAL_STAGE] = final_vertices
             root_position = prediction.root.detach().double().cpu()
             mean_vertices, mean_joints = _placed_mean_hand(template, root_position, batch.side.bool())

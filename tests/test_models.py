@@ -89,6 +89,18 @@ def test_training_runs_every_pass_and_backpropagates(cache_dir):
     assert model.refiner.loop_heads.exit.weight.grad.abs().sum() > 0
 
 
+def test_stage_vertices_repeat_the_last_pass_when_every_sample_left_early(model):
+    """Validation and evaluation concatenate stages over batches: a batch whose samples all left
+    after pass 1 must still give pass_2 ... pass_T (their meshes stay those of pass 1)."""
+    images, K = hand_batch(2)
+    with torch.no_grad():
+        early = model(images, K, exit_threshold=-1.0)  # everyone leaves after pass 1
+    assert list(early.stage_vertices()) == ["global", "coarse_to_fine", "pass_1"]
+    stages = early.stage_vertices(max_passes=3)
+    assert list(stages) == ["global", "coarse_to_fine", "pass_1", "pass_2", "pass_3"]
+    assert torch.equal(stages["pass_3"], stages["pass_1"])
+
+
 def test_gate_threshold_changes_passes_and_counted_compute(model):
     images, K = hand_batch(4)
 

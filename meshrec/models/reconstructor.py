@@ -132,14 +132,22 @@ class Prediction:
 
         return prediction_mesh(self, index, with_uncertainty=with_uncertainty)
 
-    def stage_vertices(self) -> dict[str, torch.Tensor]:
+    def stage_vertices(self, max_passes: int | None = None) -> dict[str, torch.Tensor]:
         """Full-resolution meshes of every stage, in order: ``global``, ``coarse_to_fine`` (when
-        the refinement ran), ``pass_1`` ... ``pass_T``; each ``(B, V, 3)``."""
+        the refinement ran), ``pass_1`` ... ``pass_T``; each ``(B, V, 3)``.
+
+        The gated loop stops once every sample of the batch has left, so a batch may have fewer
+        passes than another; with ``max_passes`` the missing ones repeat the last pass (a sample
+        that left keeps its last mesh, as at inference), so every batch has the same stages."""
         stages = {"global": self.global_vertices}
         if self.level_vertices:
             stages["coarse_to_fine"] = self.level_vertices[0]
         for index, vertices in enumerate(self.pass_vertices, start=1):
             stages[f"pass_{index}"] = vertices
+        ran = len(self.pass_vertices)
+        if ran and max_passes is not None:
+            for index in range(ran + 1, max_passes + 1):
+                stages[f"pass_{index}"] = self.pass_vertices[-1]
         return stages
 
 

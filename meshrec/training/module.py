@@ -102,7 +102,8 @@ class HandMeshModule(L.LightningModule):
             record["gt_vertices"] = batch.vertices[has_mesh]
             record["gt_joints"] = batch.joints3d[has_mesh]
             regressor = self.model.joint_regressor
-            for stage, vertices in prediction.stage_vertices().items():
+            max_passes = self.model.config.gate.max_passes if self.model.refiner is not None else None
+            for stage, vertices in prediction.stage_vertices(max_passes).items():
                 record[f"{stage}/vertices"] = vertices[has_mesh]
                 record[f"{stage}/joints"] = regressor.to(vertices) @ vertices[has_mesh]
         self._validation.append({k: v.detach().cpu() for k, v in record.items()})
@@ -111,7 +112,8 @@ class HandMeshModule(L.LightningModule):
         records, self._validation = self._validation, []
         if not records:
             return
-        gathered = {key: torch.cat([r[key] for r in records if key in r]) for key in records[0] if key != "has_mesh"}
+        keys = {key for record in records for key in record if key != "has_mesh"}
+        gathered = {key: torch.cat([r[key] for r in records if key in r]) for key in sorted(keys)}
         gathered = {key: _gather_all(self, value) for key, value in gathered.items()}
         metrics = {"val/passes_mean": gathered["passes"].mean().item(), "val/joints2d_px": gathered["joints2d_error"].nanmean().item()}
         if "gt_vertices" in gathered:
