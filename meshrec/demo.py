@@ -1,6 +1,7 @@
 """The one-command demo: synthetic data -> mixed-supervision training -> evaluation -> meshes.
 
-``meshrec demo`` (the README's first command, ``make demo``) needs no file from anywhere:
+``meshrec demo`` (the README's first command, ``make demo``) needs no file from anywhere but the
+package itself (the config starts from the bundled ``synthetic-hands`` weights):
 
 1. renders a synthetic hand set in the FreiHAND layout (``out/data``; reused when present);
 2. trains ``configs/synthetic_mixed.yaml`` (30 % full labels, 70 % 2D keypoints only) for a fixed
