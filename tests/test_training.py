@@ -121,6 +121,11 @@ def test_exported_weights_start_a_new_run_and_its_checkpoint_outlives_the_file(t
     assert main(["export-weights", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(weights)]) == 2
     assert not weights.exists()
 
+    older = torch.load(second.last_checkpoint, weights_only=True)  # starting weights under model.backbone
+    older["hyper_parameters"]["config"]["model"]["backbone"]["weights"] = older["hyper_parameters"]["config"]["model"].pop("weights")
+    torch.save(older, tmp_path / "older.ckpt")
+    assert HandMeshReconstructor.from_checkpoint(tmp_path / "older.ckpt").config.weights is None
+
 
 @needs_gl
 def test_overfits_one_batch(tmp_path):

@@ -208,6 +208,9 @@ class HandMeshReconstructor(nn.Module):
             state = checkpoint["state_dict"]
         except (KeyError, TypeError):
             raise MeshrecError(f"{path} is not a meshrec training checkpoint (no hyper_parameters.config.model / state_dict)") from None
+        if isinstance(model_config.get("backbone"), dict) and "weights" in model_config["backbone"]:
+            # checkpoints from before model.weights kept their starting weights under backbone
+            model_config = {**model_config, "backbone": {k: v for k, v in model_config["backbone"].items() if k != "weights"}}
         config = config_from_dict(ModelConfig, model_config, where="model")
         # the checkpoint holds every weight; the file its run started from may not exist here
         config.weights = None
