@@ -281,8 +281,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 def test_sigint_saves_and_stops_cleanly(tmp_path):
     """Ctrl-C during training: the step finishes, last.ckpt is written, exit code 0."""
     run_dir = tmp_path / "run"
-    overrides = [f"run_dir={run_dir}", "trainer.max_epochs=1000", "data.train_samples=64"]
-    overrides += _tiny_overrides()
+    # after TINY's own settings, so that they win: the run must still be going when Ctrl-C comes
+    overrides = _tiny_overrides() + [f"run_dir={run_dir}", "trainer.max_epochs=1000", "data.train_samples=64"]
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env={**os.environ},
