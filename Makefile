@@ -45,7 +45,7 @@ bench: setup
 pretrained-weights: setup
 	$(BIN)/meshrec synth --out data/pretrain --num 40000 --seed 7 --eval-fraction 0.05
 	$(BIN)/meshrec train --config configs/pretrain.yaml
-	$(BIN)/meshrec export-weights --checkpoint runs/pretrain/checkpoints/last.ckpt \
+	$(BIN)/meshrec export-weights --half --checkpoint runs/pretrain/checkpoints/last.ckpt \
 	  --out meshrec/models/weights/synthetic_hands.pt \
 	  --note "make pretrained-weights: configs/pretrain.yaml on data/pretrain (meshrec synth --num 40000 --seed 7 --eval-fraction 0.05)"
 

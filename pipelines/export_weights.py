@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (best.ckpt, last.ckpt)")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt); the JSON goes beside it")
+    parser.add_argument("--half", action="store_true", help="store float tensors as float16 (half the file size)")
     parser.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the command that trained it)")
     parser.set_defaults(func=run)
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     state, meta = weights_from_checkpoint(args.checkpoint)
     if args.note:
         meta["note"] = args.note
-    path = save_weights(args.out, state, meta)
+    meta["stored_dtype"] = "float16" if args.half else "as trained"
+    path = save_weights(args.out, state, meta, half=args.half)
     sidecar = path.with_suffix(".json")
     write_bytes_atomic(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
     count = sum(t.numel() for t in state.values())

@@ -141,10 +141,17 @@ def weights_from_checkpoint(checkpoint: str | os.PathLike) -> tuple[dict[str, to
     return weights, meta
 
 
-def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write a weights file atomically: an existing file is replaced whole or not at all."""
+def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict, half: bool = False) -> Path:
+    """Write a weights file atomically: an existing file is replaced whole or not at all.
+
+    ``half`` stores floating-point tensors as float16 (half the size; loading casts them back to
+    the model's dtype, a relative change of at most 2^-11 per value)."""
+    def stored(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu().contiguous()
+        return tensor.half() if half and tensor.is_floating_point() else tensor
+
     buffer = io.BytesIO()
-    torch.save({"state_dict": {k: v.detach().cpu().contiguous() for k, v in state.items()}, "meta": meta}, buffer)
+    torch.save({"state_dict": {k: stored(v) for k, v in state.items()}, "meta": meta}, buffer)
     path = Path(path)
     write_bytes_atomic(path, buffer.getvalue())
     return path
