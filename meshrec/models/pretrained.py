@@ -79,7 +79,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-
 def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> list[str]:
     """Load every part of ``model`` that the file holds and that fits; returns the parts loaded.
 
