@@ -136,12 +136,11 @@ def test_soft_argmax_gradcheck():
 
 
 def test_heatmap_to_image_pixels_convention():
-    stride = 8
-    cells = torch.tensor([[0.0, 0.0], [15.0, 7.0], [-0.5, 15.5]], dtype=torch.float64)
+    stride = 4
+    cells = torch.tensor([[0.0, 0.0], [31.0, 7.0], [-0.5, 31.5]], dtype=torch.float64)
     pixels = heatmap_to_image_pixels(cells, stride)
-    # cell 0 covers pixels 0..7 (centre 3.5); cell 15 covers 120..127 (centre 123.5);
-    # the heatmap's outer edges -0.5 and 15.5 land on the crop's edges -0.5 and 127.5
-    expected = torch.tensor([[3.5, 3.5], [123.5, 59.5], [-0.5, 127.5]], dtype=torch.float64)
+    # cell i is centred where a stack of 3x3 stride-2 padding-1 convs centres it: pixel 4 i
+    expected = torch.tensor([[0.0, 0.0], [124.0, 28.0], [-2.0, 126.0]], dtype=torch.float64)
     torch.testing.assert_close(pixels, expected)
     torch.testing.assert_close(image_pixels_to_heatmap(pixels, stride), cells)
     # stride 1 is the identity

@@ -1,7 +1,11 @@
 """Keypoint head with learnable joint groups (Li et al., AAAI 2021, arXiv 2012.09496).
 
-The head reads one level of the backbone's feature pyramid and predicts the 21 keypoints
-(OpenPose / FreiHAND order) as 2D pixels of the crop plus a root-relative depth each.
+The head reads stride-4 features (the backbone's pyramid up-sampled by
+:class:`meshrec.models.keypoint_decoder.KeypointDecoder`) and predicts the 21 keypoints
+(OpenPose / FreiHAND order) as 2D pixels of the crop plus a root-relative depth each: an
+integral (soft-argmax) heatmap regression. The groups sit on the up-sampled features, so they
+cost no resolution: at stride 8 (the first design) the head learned ~3x slower than a plain
+stride-4 head on the same backbone (docs/benchmarks.md).
 
 The joints are split into ``G`` groups so that weakly related joints get their own
 features (the paper's answer to negative transfer between tasks):
@@ -33,9 +37,10 @@ predictors are one 1x1 conv with ``groups=G``. All are plain dense convs (no dep
 which suits ``channels_last``.
 
 Pixel convention (as everywhere in meshrec, see :mod:`meshrec.geometry.camera`): pixel
-centres sit at integer coordinates, in the crop and in the heatmap alike; heatmap cell
-``i`` covers crop pixels ``[i * stride, (i + 1) * stride)``, so its centre is crop pixel
-``(i + 0.5) * stride - 0.5``.
+centres sit at integer coordinates, in the crop and in the heatmap alike. Heatmap cell ``i``
+is centred where the backbone centres it: a 3x3, stride-2, padding-1 convolution's output
+cell ``i`` is centred on its input's cell ``2 i``, so after the stride-``s`` stack cell ``i``
+sits at crop pixel ``s * i`` (the decoder's up-sampling keeps that alignment).
 """
 
 from __future__ import annotations
@@ -103,8 +108,10 @@ class JointGroupsConfig:
             not by the head).
         groups: number of joint groups G (>= 1); 1 is the holistic baseline.
         channels: width of each group's branch (>= 1).
-        feature_stride: stride (crop pixels per feature cell) of the pyramid level the
-            head reads; the model passes that level.
+        feature_stride: stride (crop pixels per heatmap cell) of the features the head
+            reads: the decoder up-samples the pyramid's stride-32 level to it.
+        decoder_widths: channels of the decoder's levels, coarsest first (one per factor of
+            2 between 32 and ``feature_stride``: 3 entries for stride 4).
         temperature_start: Gumbel-softmax temperature at step 0 (> 0).
         temperature_end: temperature after ``temperature_anneal_steps`` steps (> 0); also
             the default when a training-mode forward is given no temperature.
@@ -116,8 +123,9 @@ class JointGroupsConfig:
 
     enabled: bool = True
     groups: int = 3
-    channels: int = 24
-    feature_stride: int = 8
+    channels: int = 16
+    feature_stride: int = 4
+    decoder_widths: tuple[int, ...] = (64, 48, 32)
     temperature_start: float = 1.0
     temperature_end: float = 0.1
     temperature_anneal_steps: int = 5000
@@ -139,6 +147,9 @@ class JointGroupsConfig:
             value = getattr(self, name)
             if not _is_positive_finite(value):
                 raise JointGroupsError(f"joint_groups.{name} must be a finite number > 0, got {value!r}")
+        self.decoder_widths = tuple(self.decoder_widths)  # YAML gives lists
+        if not all(_is_int(w) and w >= 1 for w in self.decoder_widths):
+            raise JointGroupsError(f"joint_groups.decoder_widths must be ints >= 1, got {self.decoder_widths!r}")
         if self.inference_selector not in SELECTOR_NAMES:
             raise JointGroupsError(
                 f"joint_groups.inference_selector must be one of {SELECTOR_NAMES}, got {self.inference_selector!r}"
@@ -207,8 +218,7 @@ def _check_stride(stride: object) -> None:
 def heatmap_to_image_pixels(uv_cells: Tensor, stride: float) -> Tensor:
     """Heatmap cell coordinates to crop pixel coordinates (pixel centres at integers).
 
-    Cell ``i`` covers crop pixels ``[i * stride, (i + 1) * stride)``, so its centre is
-    pixel ``(i + 0.5) * stride - 0.5``.
+    Cell ``i`` is centred on crop pixel ``i * stride`` (see the module docstring).
 
     Args:
         uv_cells: (..., 2) ``(u, v)`` in heatmap cells.
@@ -217,17 +227,17 @@ def heatmap_to_image_pixels(uv_cells: Tensor, stride: float) -> Tensor:
     Returns:
         (..., 2) ``(u, v)`` in crop pixels, same dtype and device.
 
-    >>> heatmap_to_image_pixels(torch.tensor([0.0, 15.0]), 8)
-    tensor([  3.5000, 123.5000])
+    >>> heatmap_to_image_pixels(torch.tensor([0.0, 31.0]), 4)
+    tensor([  0., 124.])
     """
     _check_stride(stride)
-    return (uv_cells + 0.5) * stride - 0.5
+    return uv_cells * stride
 
 
 def image_pixels_to_heatmap(uv_pixels: Tensor, stride: float) -> Tensor:
     """Inverse of :func:`heatmap_to_image_pixels`: crop pixels (..., 2) to heatmap cells (..., 2)."""
     _check_stride(stride)
-    return (uv_pixels + 0.5) / stride - 0.5
+    return uv_pixels / stride
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Starting weights: the ones shipped with meshrec, a user's file, and how to make one from a run.
 
 The field starts its backbones from ImageNet weights; those cannot be fetched from everywhere and
-carry their own licences, so meshrec ships its own: ``synthetic-hands``, this project's default
-network (backbone, global stage, keypoint head) trained on the 2D keypoints of hands rendered by
-``meshrec synth`` from the CC0 open hand (nothing of MANO's), released with the code.
-``make pretrained-weights`` reproduces the file; the JSON beside it records the recipe.
+carry their own licences, so meshrec ships its own: ``synthetic-hands``, this project's whole
+default network (backbone, global stage, keypoint decoder and head, refinement and loop) trained
+on hands rendered by ``meshrec synth`` from the CC0 open hand (nothing of MANO's), released with
+the code. It is the model ``meshrec predict`` / ``eval`` use without a checkpoint
+(:meth:`HandMeshReconstructor.load`) and the training configs' starting point. ``make model``
+reproduces the file; the JSON beside it records the recipe and the accuracy benchmark's scores.
 
 A weights file is ``{"state_dict": {name: tensor}, "meta": {...}}`` with the names of
 :class:`~meshrec.models.reconstructor.HandMeshReconstructor`'s state dict (``backbone.…``,
@@ -36,7 +38,7 @@ BUNDLED_WEIGHTS: dict[str, str] = {"synthetic-hands": "synthetic_hands.pt"}
 REQUIRED_PART = "backbone"
 
 # HandMeshReconstructor's learned parts, in its state dict's prefixes
-_PARTS = ("backbone", "global_stage", "keypoint_head", "refiner")
+_PARTS = ("backbone", "global_stage", "keypoint_decoder", "keypoint_head", "refiner")
 
 
 def resolve_weights(name_or_path: str | os.PathLike) -> Path:
@@ -77,6 +79,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not any(key.split(".", 1)[0] in _PARTS for key in state):
         state = {f"{REQUIRED_PART}.{key}": value for key, value in state.items()}
     return state
+
+
+def read_weights_file(name_or_path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """``(state, meta, path)`` of a weights file written by :func:`save_weights` (a bundled name
+    or a path); ``meta`` is ``{}`` when the file has none."""
+    path = resolve_weights(name_or_path)
+    content = load_tensors_file(path, "weights file")
+    meta = content.get("meta") if isinstance(content, dict) else None
+    return read_state_dict(path), meta if isinstance(meta, dict) else {}, path
 
 
 def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> list[str]:

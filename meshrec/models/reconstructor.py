@@ -28,6 +28,7 @@ from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import STRIDES, Backbone, BackboneConfig
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
 from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput
+from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
 from meshrec.models.pretrained import load_starting_weights, load_tensors_file
 from meshrec.models.refinement import GateConfig, MeshRefiner, RefinementConfig
 
@@ -65,8 +66,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
             raise MeshrecError(f"model.image_size must be a positive multiple of 32, got {self.image_size}")
-        if self.keypoints.feature_stride not in STRIDES:
-            raise MeshrecError(f"keypoints.feature_stride must be one of {STRIDES}, got {self.keypoints.feature_stride}")
+        levels = decoder_levels(self.keypoints.feature_stride)
+        if len(self.keypoints.decoder_widths) != levels:
+            raise MeshrecError(
+                f"keypoints.decoder_widths needs {levels} entries to go from stride 32 to keypoints.feature_stride="
+                f"{self.keypoints.feature_stride}, got {self.keypoints.decoder_widths}"
+            )
 
 
 @dataclass
@@ -172,10 +177,11 @@ class HandMeshReconstructor(nn.Module):
         self.backbone = Backbone(config.backbone)
         channels = self.backbone.out_channels
         self.global_stage = GlobalStage(channels[-1], model, config.global_stage, self.joint_regressor)
-        self.keypoint_head = None
+        self.keypoint_head = self.keypoint_decoder = None
         if config.keypoints.enabled:
-            self.keypoint_level = STRIDES.index(config.keypoints.feature_stride)
-            self.keypoint_head = JointGroupsHead(channels[self.keypoint_level], config.keypoints)
+            self.keypoint_decoder = KeypointDecoder(channels, config.keypoints.decoder_widths)
+            decoded = config.keypoints.decoder_widths[-1] if config.keypoints.decoder_widths else channels[-1]
+            self.keypoint_head = JointGroupsHead(decoded, config.keypoints)
         self.refiner = None
         if config.refinement.enabled:
             hierarchy = load_or_build_hierarchy(
@@ -188,6 +194,7 @@ class HandMeshReconstructor(nn.Module):
         if config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
             if self.keypoint_head is not None:
+                self.keypoint_decoder.to(memory_format=torch.channels_last)
                 self.keypoint_head.to(memory_format=torch.channels_last)
 
     @property
@@ -217,6 +224,48 @@ class HandMeshReconstructor(nn.Module):
         model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
         weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
         model.load_state_dict(weights)
+        return model.to(device).eval()
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> "HandMeshReconstructor":
+        """A ready model in eval mode: ``None`` is meshrec's bundled ``'synthetic-hands'`` model; a
+        training checkpoint (``last.ckpt`` / ``best.ckpt``) or a whole-model weights file
+        (``meshrec export-weights``) is read with the settings it records."""
+        from meshrec.models.pretrained import BUNDLED_WEIGHTS
+
+        if source is None or str(source) in BUNDLED_WEIGHTS:
+            return cls.from_weights(source or "synthetic-hands", device=device)
+        content = load_tensors_file(source, "checkpoint or weights file")
+        if isinstance(content, dict) and "hyper_parameters" in content:
+            return cls.from_checkpoint(source, device=device)
+        return cls.from_weights(source, device=device)
+
+    @classmethod
+    def from_weights(
+        cls, name_or_path: str | os.PathLike = "synthetic-hands", device: torch.device | str = "cpu",
+        hierarchy_cache_dir: str | None = None,
+    ) -> "HandMeshReconstructor":
+        """The whole network of a weights file (``meshrec export-weights``; by default the bundled
+        ``'synthetic-hands'`` model), built with the settings its ``meta`` records, every part
+        loaded, in eval mode on ``device``. Files that hold only some parts (a backbone) are
+        starting weights for training (``model.weights``), not models: they are refused."""
+        from meshrec.config import config_from_dict
+        from meshrec.models.pretrained import read_weights_file
+
+        state, meta, path = read_weights_file(name_or_path)
+        if not isinstance(meta.get("model"), dict):
+            raise MeshrecError(f"{path} records no model settings (meta.model); load it with model.weights in a training config")
+        config = config_from_dict(ModelConfig, meta["model"], where="model")
+        config.weights = None
+        model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
+        expected = set(model.state_dict())
+        missing = sorted(expected - set(state))
+        if missing:
+            raise MeshrecError(
+                f"{path} is not a whole model: it lacks {len(missing)} weights (e.g. {missing[:3]}); "
+                "it can start a training run (model.weights) but not predict"
+            )
+        model.load_state_dict({key: value.to(torch.float32) for key, value in state.items() if key in expected})
         return model.to(device).eval()
 
     @torch.no_grad()
@@ -272,7 +321,7 @@ class HandMeshReconstructor(nn.Module):
         parametric = self.global_stage(pyramid[-1], K, image_size)
         keypoints = None
         if self.keypoint_head is not None:
-            keypoints = self.keypoint_head(pyramid[self.keypoint_level], temperature=temperature)
+            keypoints = self.keypoint_head(self.keypoint_decoder(pyramid), temperature=temperature)
         vertices = parametric.vertices
         level_vertices, pass_vertices, pass_log_variance, pass_exit_logit = [], [], [], []
         passes_used = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
@@ -280,7 +329,7 @@ class HandMeshReconstructor(nn.Module):
         if self.refiner is not None:
             refined = self.refiner(
                 pyramid, parametric.vertices, parametric.root, K, image_size, pooled,
-                keypoints2d=keypoints.joints2d if keypoints is not None else None,
+                keypoints=(keypoints.joints2d.detach(), keypoints.depth.detach()) if keypoints is not None else None,
                 max_passes=max_passes, exit_threshold=exit_threshold,
             )
             level_vertices = refined.level_vertices
