@@ -19,10 +19,15 @@ sample leaves as soon as ``p_exit > exit_threshold``, and later passes run only 
 still inside (index-selected sub-batches, so the saving is real).
 
 Keypoint guidance: each vertex is attached to one of the 21 keypoints (the nearest one on the
-rest mesh among those of the bone that moves it most). Its guidance input is the 2D vector from
-where the current mesh puts that keypoint to where the keypoint head sees it, in half-crop
-units: a direct, pixel-aligned hint of which way the vertex should move.
+rest mesh among those of the bone that moves it most). Its guidance input is the 3D vector from
+where the current mesh puts that keypoint to where the keypoint head sees it: the 2D part in
+units of 1/16 of the crop (8 px at 128 px), the root-relative depth part in centimetres. A
+direct hint of which way the vertex should move, recomputed for the moved mesh at every level
+and every loop pass, so each pass reads how far it still is from the evidence, not the same
+inputs again. (Image features alone move the hand as a whole but not its fingers: an oracle
+experiment with them cut the root-aligned error by 8 %; docs/benchmarks.md.)
 """
+
 
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ from meshrec.models.graph import SpiralBlock, retrieve_vertex_features
 LOG_VARIANCE_RANGE = (-16.0, 0.0)
 # initial log-variance: sigma = 1 cm
 LOG_VARIANCE_INIT = -9.2
+
+# keypoint guidance per vertex: (u, v, depth) residuals, in crop size / 16 and centimetres
+GUIDANCE_CHANNELS = 3
+GUIDANCE_PIXEL_FRACTION = 1.0 / 16.0
+GUIDANCE_DEPTH_SCALE = 100.0
 
 
 @dataclass
@@ -211,7 +221,7 @@ class MeshRefiner(nn.Module):
         self.gate = gate
         self.num_levels = hierarchy.num_levels
         self.pyramid_index = [min(level, len(pyramid_channels) - 1) for level in range(self.num_levels)]
-        guidance = 2 if config.keypoint_guidance else 0
+        guidance = GUIDANCE_CHANNELS if config.keypoint_guidance else 0
         for level, buffers in enumerate(_level_buffers(model, hierarchy, joint_regressor)):
             self.register_buffer(f"regressor_{level}", torch.as_tensor(buffers["joint_regressor"], dtype=torch.float32), persistent=False)
             self.register_buffer(f"association_{level}", torch.as_tensor(buffers["association"]), persistent=False)
@@ -258,23 +268,29 @@ class MeshRefiner(nn.Module):
     def _keypoints(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
         return getattr(self, f"regressor_{level}").to(vertices) @ vertices
 
-    def _inputs(self, vertices, level, feature_map, K, image_size, root, keypoints2d, carried):
-        """Per-vertex block inputs at one level: ``(B, V_l, C_in)``."""
+    def _inputs(self, vertices, level, feature_map, K, image_size, root, keypoints, carried):
+        """Per-vertex block inputs at one level: ``(B, V_l, C_in)``; ``keypoints`` is the keypoint
+        head's ``(pixels (B, 21, 2), root-relative depth (B, 21))`` or None."""
         sampled, inside, _ = retrieve_vertex_features(feature_map, vertices, K, image_size)
         parts = [sampled, inside, (vertices - root.unsqueeze(1)) * 10.0]  # decimetres: O(1) inputs
         if carried is not None:
             parts.append(carried)
         if self.config.keypoint_guidance:
-            parts.append(self._guidance(vertices, level, K, image_size, keypoints2d))
+            parts.append(self._guidance(vertices, level, K, image_size, keypoints))
         return torch.cat(parts, dim=-1)
 
-    def _guidance(self, vertices, level, K, image_size, keypoints2d) -> torch.Tensor:
+    def _guidance(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+        """``(B, V_l, 3)``: per vertex, its keypoint's (u, v, depth) residual, head minus mesh."""
         association = getattr(self, f"association_{level}")
-        if keypoints2d is None:
-            return vertices.new_zeros(vertices.shape[0], vertices.shape[1], 2)
-        mesh_keypoints = project_points(self._keypoints(vertices, level), K)
-        half = vertices.new_tensor([image_size[1] / 2.0, image_size[0] / 2.0])
-        residual = (keypoints2d - mesh_keypoints) / half  # (B, 21, 2)
+        if keypoints is None:
+            return vertices.new_zeros(vertices.shape[0], vertices.shape[1], GUIDANCE_CHANNELS)
+        pixels, depth = keypoints
+        mesh_keypoints = self._keypoints(vertices, level)
+        unit = vertices.new_tensor([image_size[1], image_size[0]]) * GUIDANCE_PIXEL_FRACTION
+        residual2d = (pixels - project_points(mesh_keypoints, K)) / unit  # (B, 21, 2)
+        mesh_depth = mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]
+        residual_depth = (depth - depth[:, :1] - mesh_depth) * GUIDANCE_DEPTH_SCALE  # (B, 21)
+        residual = torch.cat([residual2d, residual_depth.unsqueeze(-1)], dim=-1)
         return residual.index_select(1, association)
 
     # ---------------------------------------------------------------- forward
@@ -287,7 +303,7 @@ class MeshRefiner(nn.Module):
         K: torch.Tensor,
         image_size: tuple[int, int],
         condition: torch.Tensor,
-        keypoints2d: torch.Tensor | None = None,
+        keypoints: tuple[torch.Tensor, torch.Tensor] | None = None,
         max_passes: int | None = None,
         exit_threshold: float | None = None,
     ) -> RefinementOutput:
@@ -299,7 +315,7 @@ class MeshRefiner(nn.Module):
             root: ``(B, 3)`` its wrist.
             K: ``(B, 3, 3)`` crop intrinsics; image_size ``(H, W)``.
             condition: ``(B, C)`` global image feature.
-            keypoints2d: ``(B, 21, 2)`` the keypoint head's pixels, or None.
+            keypoints: the keypoint head's ``(pixels (B, 21, 2), depth (B, 21))``, or None.
             max_passes: override of ``gate.max_passes`` (progressive training, fixed-depth runs).
             exit_threshold: override of ``gate.exit_threshold``.
         """
@@ -312,7 +328,7 @@ class MeshRefiner(nn.Module):
                 vertices = vertices + self._up(offset, level)
                 carried = self._up(carried, level)
             feature_map = pyramid[self.pyramid_index[level]]
-            inputs = self._inputs(vertices, level, feature_map, K, image_size, root, keypoints2d, carried)
+            inputs = self._inputs(vertices, level, feature_map, K, image_size, root, keypoints, carried)
             carried = self.blocks[level](inputs, condition)
             vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
             level_vertices[level] = vertices
@@ -326,10 +342,10 @@ class MeshRefiner(nn.Module):
             raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         adaptive = self.gate.adaptive and not self.training
-        self._loop(output, level_vertices[0], carried, pyramid[0], K, image_size, root, condition, keypoints2d, passes, threshold, adaptive)
+        self._loop(output, level_vertices[0], carried, pyramid[0], K, image_size, root, condition, keypoints, passes, threshold, adaptive)
         return output
 
-    def _loop(self, output, vertices, hidden, feature_map, K, image_size, root, condition, keypoints2d, passes, threshold, adaptive):
+    def _loop(self, output, vertices, hidden, feature_map, K, image_size, root, condition, keypoints, passes, threshold, adaptive):
         batch = vertices.shape[0]
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
         log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
@@ -340,7 +356,8 @@ class MeshRefiner(nn.Module):
                 return t if active is None or t is None else t.index_select(0, active)
 
             sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
-            inputs = self._inputs(sub_vertices, 0, take(feature_map), sub_K, image_size, sub_root, take(keypoints2d), sub_hidden)
+            sub_keypoints = None if keypoints is None else tuple(take(t) for t in keypoints)
+            inputs = self._inputs(sub_vertices, 0, take(feature_map), sub_K, image_size, sub_root, sub_keypoints, sub_hidden)
             sub_hidden = self.loop_block(inputs, take(condition))
             move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
             sub_vertices = sub_vertices + move
