@@ -343,3 +343,45 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert torch.equal(rank0, rank1)
     # and they trained: the weights moved away from the initialisation of the same seed
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def _plain_samples(count: int):
+    from meshrec.data.sample import make_hand_sample
+    from meshrec.geometry.camera import default_intrinsics, project_points
+
+    generator = torch.Generator().manual_seed(0)
+    K = default_intrinsics((32, 32))
+    samples = []
+    for index in range(count):
+        joints3d = torch.randn(21, 3, generator=generator) * 0.03 + torch.tensor([0.0, 0.0, 0.5])
+        samples.append(make_hand_sample(torch.rand(3, 32, 32, generator=generator), K,
+                                        joints2d=project_points(joints3d, K), joints3d=joints3d, index=index))
+    return samples
+
+
+def test_loader_augmentation_depends_on_epoch_and_sample_only():
+    from meshrec.data.augment import AugmentSettings
+    from meshrec.training.data import EPOCH_KEY_STRIDE, AugmentingCollate, EpochKeyed, ResumableSampler
+
+    samples = _plain_samples(6)
+    dataset = EpochKeyed(samples)
+    collate = AugmentingCollate(AugmentSettings(), seed=3)
+    whole = collate([dataset[EPOCH_KEY_STRIDE + i] for i in range(6)])  # epoch 1, samples 0..5
+    # sample 4 of epoch 1 alone, or in another batch, gets the very same augmentation
+    alone = collate([dataset[EPOCH_KEY_STRIDE + 4]])
+    torch.testing.assert_close(alone.image[0], whole.image[4])
+    torch.testing.assert_close(alone.joints2d[0], whole.joints2d[4])
+    other_epoch = collate([dataset[2 * EPOCH_KEY_STRIDE + 4]])
+    assert not torch.equal(other_epoch.image[0], whole.image[4])
+    # labels follow the image: the augmented 3D joints project onto the augmented 2D joints
+    from meshrec.geometry.camera import project_points
+
+    torch.testing.assert_close(project_points(whole.joints3d, whole.K), whole.joints2d, atol=1e-3, rtol=0)
+    # no augmentation: collate only
+    plain = AugmentingCollate(None, seed=3)([dataset[EPOCH_KEY_STRIDE + 0]])
+    torch.testing.assert_close(plain.image[0], samples[0].image)
+
+    sampler = ResumableSampler(6, seed=0, shuffle=True, epoch_keys=True)
+    sampler.set_epoch(2)
+    keys = list(sampler)
+    assert sorted(k - 2 * EPOCH_KEY_STRIDE for k in keys) == list(range(6))

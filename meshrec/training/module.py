@@ -1,7 +1,8 @@
 """The LightningModule: one training step, validation with the FreiHAND protocol, optimiser.
 
-Randomness inside a step (augmentation, Gumbel noise) is seeded from ``(seed, global step,
-rank)``, so a resumed run repeats exactly what an uninterrupted one would have done.
+Randomness inside a step (Gumbel noise) is seeded from ``(seed, global step, rank)``, and
+augmentation in the loader from ``(seed, epoch, sample)``, so a resumed run repeats exactly
+what an uninterrupted one would have done.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import lightning as L
 import torch
 
 from meshrec.config import config_from_dict, config_to_dict
-from meshrec.data.augment import HandAugmentation
-from meshrec.data.mixed import MixedDataset
 from meshrec.errors import MeshrecError
 from meshrec.losses import HandPrior, hand_losses
 from meshrec.metrics import freihand_scores
@@ -41,7 +40,6 @@ class HandMeshModule(L.LightningModule):
         self.save_hyperparameters({"config": config_to_dict(config)})
         self.model = HandMeshReconstructor(config.model)
         self.prior = HandPrior.from_model(self.model.hand_model)
-        self.augment = HandAugmentation(config.data.augmentation) if config.data.augment else None
         self._validation: list[dict[str, torch.Tensor]] = []
 
     # ------------------------------------------------------------------ training
@@ -53,22 +51,12 @@ class HandMeshModule(L.LightningModule):
             return None
         return min(t_max, 1 + self.current_epoch // trainer_config.progressive_epochs)
 
-    def _step_generator(self) -> torch.Generator:
-        seed = (self.config.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank
-        torch.manual_seed(seed)  # Gumbel noise and anything else drawn from the global generator
-        return torch.Generator().manual_seed(seed)
-
-    def on_train_epoch_start(self) -> None:
-        loader = self.trainer.train_dataloader
-        if loader is None:
-            return
-        if isinstance(loader.dataset, MixedDataset):
-            loader.dataset.set_epoch(self.current_epoch)
+    def _seed_step(self) -> None:
+        """Seeds the Gumbel noise and anything else drawn from the global generator in this step."""
+        torch.manual_seed((self.config.seed * 1_000_003 + self.global_step) * 1009 + self.global_rank)
 
     def training_step(self, batch, batch_index):
-        generator = self._step_generator()
-        if self.augment is not None:
-            batch = self.augment(batch, generator)
+        self._seed_step()  # augmentation happened in the loader (meshrec.training.data)
         temperature = gumbel_temperature(self.global_step, self.config.model.keypoints)
         prediction = self.model(batch.image, batch.K, batch.side, max_passes=self.max_passes(), temperature=temperature)
         losses = hand_losses(
@@ -98,6 +86,8 @@ class HandMeshModule(L.LightningModule):
             "passes": prediction.passes_used.float(),
             "joints2d_error": _visible_pixel_error(prediction.joints2d, batch),
         }
+        if prediction.keypoints2d is not None:
+            record["keypoints2d_error"] = _visible_pixel_error(prediction.keypoints2d, batch)
         if bool(has_mesh.any()):
             record["gt_vertices"] = batch.vertices[has_mesh]
             record["gt_joints"] = batch.joints3d[has_mesh]
@@ -115,7 +105,10 @@ class HandMeshModule(L.LightningModule):
         keys = {key for record in records for key in record if key != "has_mesh"}
         gathered = {key: torch.cat([r[key] for r in records if key in r]) for key in sorted(keys)}
         gathered = {key: _gather_all(self, value) for key, value in gathered.items()}
+        # joints2d_px: the final mesh's joints projected; keypoints2d_px: the keypoint head's own
         metrics = {"val/passes_mean": gathered["passes"].mean().item(), "val/joints2d_px": gathered["joints2d_error"].nanmean().item()}
+        if "keypoints2d_error" in gathered:
+            metrics["val/keypoints2d_px"] = gathered["keypoints2d_error"].nanmean().item()
         if "gt_vertices" in gathered:
             stages = sorted({key.split("/")[0] for key in gathered if key.endswith("/vertices") and key != "gt_vertices"})
             final = None

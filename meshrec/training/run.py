@@ -30,7 +30,6 @@ from manolayer.io import write_bytes_atomic
 from meshrec.config import config_to_dict, load_config, save_config
 from meshrec.errors import MeshrecError
 from meshrec.training.config import TrainConfig
-from meshrec.data.mixed import MixedDataset
 from meshrec.training.data import ResumableSampler, build_datasets, build_loaders
 from meshrec.training.module import HandMeshModule
 
@@ -88,8 +87,8 @@ class ResumeDataPosition(Callback):
     """A run resumed mid-epoch continues with the very batches it had not trained on yet.
 
     Lightning restores the step counters but restarts the epoch's data; before it builds the data
-    iterator this puts the sampler (and a :class:`MixedDataset`'s plan) on the saved epoch and
-    makes it skip the batches already done.
+    iterator this puts the sampler on the saved epoch (its keys carry the epoch to the dataset,
+    e.g. a :class:`MixedDataset`'s plan) and makes it skip the batches already done.
     """
 
     def __init__(self, loader) -> None:
@@ -102,8 +101,6 @@ class ResumeDataPosition(Callback):
         if not 0 < done < len(self.loader):
             return  # saved at an epoch boundary: Lightning starts the next epoch afresh
         epoch = checkpoint["epoch"]
-        if isinstance(self.loader.dataset, MixedDataset):
-            self.loader.dataset.set_epoch(epoch)
         if isinstance(self.loader.sampler, ResumableSampler):
             self.loader.sampler.set_epoch(epoch)
             self.loader.sampler.skip_next(done * self.loader.batch_size)
