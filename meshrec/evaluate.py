@@ -11,7 +11,11 @@ FreiHAND protocol (:func:`meshrec.metrics.freihand_scores`):
 - ``final``: what the model outputs.
 
 Joints of every stage are regressed from that stage's vertices with the model's joint
-regressor (how mesh-regressing methods report joints).
+regressor (how mesh-regressing methods report joints). Each stage also gets its 2D keypoint
+error (``joints2d_px``: its joints projected with the crop's K against the visible 2D labels),
+and the keypoint head its own (:attr:`EvaluationResult.keypoint_head_px`). Whether the loop's
+per-joint sigma means something is measured by its Spearman rank correlation with the final
+joints' actual errors (:attr:`EvaluationResult.uncertainty_spearman`).
 
 A **mean-hand baseline** is scored beside them: the hand model's template in its mean pose
 with zero shape (``ManoLayer(use_pca=False, flat_hand_mean=False)`` with zero pose), mirrored
@@ -39,6 +43,7 @@ import torch
 
 from manolayer.io import write_bytes_atomic
 from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import project_points
 
 __all__ = [
     "EVAL_JSON_FORMAT",
@@ -56,6 +61,7 @@ __all__ = [
 EVAL_JSON_FORMAT = "meshrec.eval/1"
 BASELINE_NAME = "mean_hand"
 FINAL_STAGE = "final"
+KEYPOINT_HEAD_NAME = "keypoint_head"  # its 2D error is reported beside the stages' own
 # Submission files round to 1e-7 m (0.1 micrometre): far below any error the protocol
 # reports, and it keeps the file about half the size of full float repr.
 SUBMISSION_DECIMALS = 7
@@ -79,6 +85,11 @@ class EvaluationResult:
         joints_only: scores are joint scores only (no vertices of the model's topology).
         notes: why samples were not scored, and the like, for people.
         checkpoint, data, split: what was evaluated.
+        keypoint_head_px: the keypoint head's mean 2D error over visible labelled keypoints
+            (crop pixels), None without a head or 2D labels.
+        uncertainty_spearman: Spearman rank correlation between the predicted per-joint sigma
+            and the final joints' errors (camera frame) over every scored (sample, joint);
+            None without the loop.
     """
 
     stages: dict[str, dict[str, float]]
@@ -94,6 +105,8 @@ class EvaluationResult:
     checkpoint: str | None = None
     data: str | None = None
     split: str | None = None
+    keypoint_head_px: float | None = None
+    uncertainty_spearman: float | None = None
 
     @property
     def num_samples(self) -> int:
@@ -245,6 +258,8 @@ def evaluate(
     # labels of the samples with 3D joints only (the rows every stage list keeps)
     label_joints, label_vertices, label_has_mesh = [], [], []
     other_vertex_counts = set()
+    pixel_errors: dict[str, list[torch.Tensor]] = {}  # stage -> per visible keypoint errors (px)
+    sigmas, sigma_errors = [], []
     with progress_bar(count, f"eval {split}", progress) as bar:
         for batch in loader:
             prediction = model.predict(
@@ -270,10 +285,21 @@ def evaluate(
             root_position = prediction.root.detach().double().cpu()
             mean_vertices, mean_joints = _placed_mean_hand(template, root_position, batch.side.bool())
             stages[BASELINE_NAME] = mean_vertices.float()
+            visible = batch.joints2d_visible & batch.has_joints2d.unsqueeze(1)
+            K = batch.K.double()
             for name, vertices in stages.items():
                 joints = mean_joints.float() if name == BASELINE_NAME else regressor @ vertices
                 stage_joints.setdefault(name, []).append(joints[labelled])
                 stage_vertices.setdefault(name, []).append(vertices[labelled])
+                if name != BASELINE_NAME:
+                    pixels = project_points(joints.double(), K).float()
+                    pixel_errors.setdefault(name, []).append((pixels - batch.joints2d).norm(dim=-1)[visible])
+            if prediction.keypoints2d is not None:
+                head = prediction.keypoints2d.detach().float().cpu()
+                pixel_errors.setdefault(KEYPOINT_HEAD_NAME, []).append((head - batch.joints2d).norm(dim=-1)[visible])
+            if prediction.joint_variance is not None and bool(labelled.any()):
+                sigmas.append(prediction.joint_variance.detach().float().cpu().sqrt()[labelled])
+                sigma_errors.append((joints_all[-1][labelled] - batch.joints3d[labelled]).norm(dim=-1))
             bar.update(len(batch))
 
     has_mesh = torch.cat(label_has_mesh)
@@ -305,6 +331,15 @@ def evaluate(
             vertices = torch.cat(stage_vertices[name])[use]
             scores = _score(joints, vertices, labels_j, labels_v, joints_only)
             (baseline if name == BASELINE_NAME else stages_scores)[name] = scores
+    pixel_means = {name: float(torch.cat(errors).mean()) if sum(len(e) for e in errors) else float("nan")
+                   for name, errors in pixel_errors.items()}
+    for name, scores in stages_scores.items():
+        scores["joints2d_px"] = pixel_means.get(name, float("nan"))
+    spearman = None
+    if sigmas:
+        from scipy.stats import spearmanr
+
+        spearman = float(spearmanr(torch.cat(sigmas).flatten().numpy(), torch.cat(sigma_errors).flatten().numpy()).statistic)
 
     return EvaluationResult(
         stages=stages_scores,
@@ -320,6 +355,8 @@ def evaluate(
         checkpoint=checkpoint,
         data=str(root),
         split=split,
+        keypoint_head_px=_finite_or_none(pixel_means.get(KEYPOINT_HEAD_NAME, float("nan"))),
+        uncertainty_spearman=spearman,
     )
 
 
@@ -334,6 +371,7 @@ _TABLE_COLUMNS = (
     ("MPJPE", "mpjpe_mm", "{:.2f}"),
     ("MPVPE", "mpvpe_mm", "{:.2f}"),
     ("RR-MPJPE", "rr_mpjpe_mm", "{:.2f}"),
+    ("2D px", "joints2d_px", "{:.2f}"),
 )
 
 
@@ -359,6 +397,10 @@ def format_table(result: EvaluationResult) -> str:
             f"({BASELINE_NAME}: the template hand in its mean pose at the predicted root; "
             "only its PA- columns are meaningful)"
         )
+    if result.keypoint_head_px is not None:
+        lines.append(f"keypoint head 2D error: {result.keypoint_head_px:.2f} px")
+    if result.uncertainty_spearman is not None:
+        lines.append(f"per-joint sigma vs actual joint error: Spearman {result.uncertainty_spearman:.3f}")
     histogram = ", ".join(f"{passes}: {n}" for passes, n in enumerate(result.passes_histogram))
     lines.append(
         f"passes used: mean {result.passes_mean:.2f} of at most {result.max_passes}; histogram {{{histogram}}}"
@@ -393,6 +435,8 @@ def result_to_dict(result: EvaluationResult) -> dict:
             "max_passes": result.max_passes,
             "histogram": {str(passes): n for passes, n in enumerate(result.passes_histogram)},
         },
+        "keypoint_head_px": result.keypoint_head_px,
+        "uncertainty_spearman": result.uncertainty_spearman,
         "notes": list(result.notes),
     }
 
