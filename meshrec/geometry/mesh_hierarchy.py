@@ -290,8 +290,9 @@ def build_mesh_hierarchy(
 def hierarchy_cache_dir() -> Path:
     """Where hierarchies are cached: ``$MESHREC_CACHE_DIR/mesh_hierarchy``, else
     ``~/.cache/meshrec/mesh_hierarchy``. Nothing is created here."""
-    root = os.environ.get("MESHREC_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "meshrec") / "mesh_hierarchy"
+    from meshrec.cache import cache_root
+
+    return cache_root() / "mesh_hierarchy"
 
 
 def load_or_build_hierarchy(
