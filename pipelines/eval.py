@@ -1,6 +1,6 @@
 """``meshrec eval``: FreiHAND-protocol scores of a checkpoint on a FreiHAND-layout folder.
 
-    meshrec eval --checkpoint runs/x/checkpoints/best.ckpt --data data/freihand [--split evaluation]
+    meshrec eval [--checkpoint runs/x/checkpoints/best.ckpt] --data data/freihand [--split evaluation]
                  [--batch-size 32] [--limit N] [--out scores.json] [--write-pred pred.json]
 
 Prints a table of every stage (global, coarse_to_fine, pass_1 .. pass_T, final) and of the
@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "scores (PA-MPJPE, PA-MPVPE, F@5, F@15, AUC, ...) for every stage of the network and for the mean "
         "hand, plus how many refinement passes the gate used. Samples without labels still get predictions.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (last.ckpt, best.ckpt)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="a training checkpoint (last.ckpt, best.ckpt) or a whole-model weights file; default: meshrec's bundled model",
+    )  # fmt: skip
     parser.add_argument("--data", type=Path, required=True, help="folder in the FreiHAND layout")
     parser.add_argument(
         "--split", choices=("evaluation", "training"), default="evaluation", help="which split (default: evaluation)"
@@ -52,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from meshrec.evaluate import evaluate, format_table, save_freihand_submission, save_scores_json
     from meshrec.models.reconstructor import HandMeshReconstructor
 
-    model = HandMeshReconstructor.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model = HandMeshReconstructor.load(args.checkpoint, device=resolve_device(args.device))
     result = evaluate(
         model, args.data, args.split, batch_size=args.batch_size, limit=args.limit, workers=args.workers,
-        progress=not args.no_progress, checkpoint=str(args.checkpoint),
+        progress=not args.no_progress, checkpoint=str(args.checkpoint or "bundled synthetic-hands"),
     )  # fmt: skip
     print(format_table(result))
     if args.out is not None:

@@ -1,9 +1,9 @@
 """``meshrec predict``: reconstruct hands in your own images and write meshes and JSON.
 
-    meshrec predict --checkpoint C --input IMAGE|FOLDER|LIST.jsonl --out DIR [--side left|right]
+    meshrec predict [--checkpoint C] --input IMAGE|FOLDER|LIST.jsonl --out DIR [--side left|right]
                     [--format obj,ply,glb] [--overlay] [--box x0,y0,x1,y1]
 
-For each image: ``<stem>.obj`` (and ``.ply`` / ``.glb`` with uncertainty colours),
+Without ``--checkpoint`` the bundled model (``synthetic-hands``) is used. For each image: ``<stem>.obj`` (and ``.ply`` / ``.glb`` with uncertainty colours),
 ``<stem>.json`` (3D joints in metres, 2D joints in the image's pixels, variances, passes,
 K of the image and of the crop) and, with ``--overlay``, ``<stem>_overlay.png``. Bad images
 are skipped and listed; the exit code is 0 when at least one image worked, 1 when none did.
@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "(joints in the original image's pixels and in metres, variances, passes used, both K) and with "
         "--overlay <stem>_overlay.png. Without a known camera, the crop is assumed to span 25 degrees.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a training checkpoint (last.ckpt, best.ckpt)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="a training checkpoint (last.ckpt, best.ckpt) or a whole-model weights file; default: meshrec's bundled model",
+    )  # fmt: skip
     parser.add_argument("--input", type=Path, required=True,
                         help="an image, a folder of images, or a .jsonl/.json list of records "
                              "(image, optional box / joints2d / K / side; see meshrec.data.keypoints_json)")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     formats = check_mesh_formats(args.format.split(","))
     requests, failures = collect_requests(args.input, side=args.side, box=args.box)
-    model = HandMeshReconstructor.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model = HandMeshReconstructor.load(args.checkpoint, device=resolve_device(args.device))
     summary = predict_images(
         model, requests, args.out, formats=formats, overlay=args.overlay, batch_size=args.batch_size,
         box_padding=args.box_padding, exif_transpose=not args.ignore_exif, progress=not args.no_progress,

@@ -2,7 +2,7 @@
 
 The run test executes ``notebooks/quickstart.ipynb`` with nbclient in a kernel of this Python
 (a kernelspec written to a temporary folder, so no global Jupyter set-up is needed or touched),
-with its ``parameters`` cell replaced: no checkpoint, the quick training, files under tmp_path.
+with its ``parameters`` cell replaced: the bundled model, the quick scoring, files under tmp_path.
 The kernel's caches (mesh hierarchy, IPython profile) and Jupyter's connection files also go
 under tmp_path, so the test never writes the user's folders.
 
@@ -78,7 +78,7 @@ def test_committed_notebook_is_stripped_and_valid():
         f"{NOTEBOOK.name} holds execution metadata; run: .venv/bin/python tests/test_notebook.py {NOTEBOOK}"
     )
     source = parameters_cell(notebook).source
-    for name in ("CHECKPOINT = None", "QUICK = True", "OUT = "):
+    for name in ("CHECKPOINT = None", "TRAIN = False", "QUICK = True", "OUT = "):
         assert name in source
 
 
@@ -133,7 +133,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     out = tmp_path / "out"
-    parameters_cell(notebook).source = f"CHECKPOINT = None\nQUICK = True\nOUT = {str(out)!r}\n"
+    parameters_cell(notebook).source = f"CHECKPOINT = None\nTRAIN = False\nQUICK = True\nOUT = {str(out)!r}\n"
     client = NotebookClient(
         notebook, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},  # Jupyter starts in the notebook's folder
