@@ -33,6 +33,13 @@ RUNS = {
     "groups1": ("synthetic_full.yaml", ["model.keypoints.groups=1"]),
     "progressive": ("synthetic_full.yaml", ["trainer.protocol=progressive", "trainer.progressive_epochs=1"]),
     "full_scratch": ("synthetic_full.yaml", ["model.weights=null"]),
+    # learning speed of the keypoint head (refinement off, random weights): the shipped G = 3 at
+    # stride 4, the holistic G = 1 of the same width, and G = 3 at stride 8
+    "keypoints_g3_scratch": ("synthetic_full.yaml", ["model.weights=null", "model.refinement.enabled=false"]),
+    "keypoints_g1_scratch": ("synthetic_full.yaml", ["model.weights=null", "model.refinement.enabled=false",
+                                                     "model.keypoints.groups=1", "model.keypoints.channels=48"]),
+    "keypoints_stride8_scratch": ("synthetic_full.yaml", ["model.weights=null", "model.refinement.enabled=false",
+                                                          "model.keypoints.feature_stride=8", "model.keypoints.decoder_widths=[64,48]"]),
     "mixed_scratch": ("synthetic_mixed.yaml", ["model.weights=null"]),
 }
 
@@ -67,6 +74,9 @@ def run_one(name: str, data: str, minutes: float, out: str) -> dict:
         "passes": float(scores.passes_used.mean()),
         "final_at_t_max": always.stages["final"]["pa_mpvpe_mm"],
         "mean_hand": scores.baseline["mean_hand"]["pa_mpvpe_mm"],
+        "head_px": scores.keypoint_head_px if scores.keypoint_head_px is not None else float("nan"),
+        "final_px": scores.stages["final"]["joints2d_px"],
+        "steps": result.global_step,
     }
 
 
@@ -92,11 +102,12 @@ def main() -> None:
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     print(f"\n{args.minutes:g} minutes per run, data {args.data}\n")
-    print("| run | train images/s | peak RSS (GiB) | global PA-MPVPE | final PA-MPVPE | mean passes | final at T_max | mean hand |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | steps | train images/s | peak RSS (GiB) | global PA-MPVPE | final PA-MPVPE | mean passes | "
+          "final at T_max | mean hand | head 2D px | final 2D px |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print("| {run} | {images_per_s:.1f} | {peak_rss_gib:.2f} | {global:.2f} | {final:.2f} | {passes:.2f} | "
-              "{final_at_t_max:.2f} | {mean_hand:.2f} |".format(**row))
+        print("| {run} | {steps} | {images_per_s:.1f} | {peak_rss_gib:.2f} | {global:.2f} | {final:.2f} | {passes:.2f} | "
+              "{final_at_t_max:.2f} | {mean_hand:.2f} | {head_px:.2f} | {final_px:.2f} |".format(**row))
 
 
 if __name__ == "__main__":

@@ -289,18 +289,42 @@ def test_starting_weights_load_part_by_part_and_mismatches_are_named(cache_dir, 
         HandMeshReconstructor(small_config(weights=str(tmp_path / "list.pt")), hierarchy_cache_dir=cache_dir)
 
 
-def test_bundled_weights_fit_the_default_model(monkeypatch, tmp_path):
+def test_bundled_model_is_the_whole_default_network(monkeypatch, tmp_path):
     from meshrec.models import pretrained
 
     shipped = torch.load(pretrained.resolve_weights("synthetic-hands"), weights_only=True)
-    assert shipped["meta"]["parts"] == ["backbone", "global_stage", "keypoint_head"]
-    model = HandMeshReconstructor(ModelConfig(weights="synthetic-hands"))
+    assert shipped["meta"]["parts"] == ["backbone", "global_stage", "keypoint_decoder", "keypoint_head", "refiner"]
+    assert shipped["meta"]["benchmark"]["runs"]["gate"]["stages"]["final"]["pa_mpvpe_mm"] > 0  # make model records it
+    model = HandMeshReconstructor.load()
+    assert not model.training and model.config == dataclasses.replace(ModelConfig(), weights=None)
     for name, tensor in model.state_dict().items():
-        if name.split(".", 1)[0] != "refiner":
-            torch.testing.assert_close(tensor, shipped["state_dict"][name].to(tensor.dtype), msg=name)  # stored as float16
+        torch.testing.assert_close(tensor, shipped["state_dict"][name].to(tensor.dtype), msg=name)  # stored as float16
+    started = HandMeshReconstructor(ModelConfig(weights="synthetic-hands"))  # a training run's start: every part
+    for name, tensor in started.state_dict().items():
+        torch.testing.assert_close(tensor, model.state_dict()[name], msg=name)
     monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(MeshrecError, match="bundled weights 'synthetic-hands' are missing.*reinstall"):
         HandMeshReconstructor(ModelConfig(weights="synthetic-hands"))
+
+
+def test_load_reads_checkpoints_and_weights_files_and_refuses_partial_ones(cache_dir, tmp_path, model):
+    from meshrec.models.pretrained import save_weights
+    from meshrec.config import config_to_dict
+
+    meta = {"model": config_to_dict(model.config)}
+    save_weights(tmp_path / "whole.pt", model.state_dict(), meta)
+    loaded = HandMeshReconstructor.load(tmp_path / "whole.pt")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, msg=name)
+    backbone_only = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    save_weights(tmp_path / "part.pt", backbone_only, meta)
+    with pytest.raises(MeshrecError, match="not a whole model.*model.weights"):
+        HandMeshReconstructor.load(tmp_path / "part.pt")
+    save_weights(tmp_path / "bare.pt", model.state_dict(), {})
+    with pytest.raises(MeshrecError, match="records no model settings"):
+        HandMeshReconstructor.load(tmp_path / "bare.pt")
+    with pytest.raises(MeshrecError, match="not found"):
+        HandMeshReconstructor.load(tmp_path / "missing.ckpt")
 
 
 def test_checkpoints_carry_no_hand_model_data(model):
