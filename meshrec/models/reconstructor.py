@@ -25,7 +25,7 @@ from manolayer.io import ManoModel, load_mano, mirror_model
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
-from meshrec.models.backbone import STRIDES, Backbone, BackboneConfig
+from meshrec.models.backbone import Backbone, BackboneConfig
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
 from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput
 from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
