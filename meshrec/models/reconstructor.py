@@ -265,7 +265,9 @@ class HandMeshReconstructor(nn.Module):
                 f"{path} is not a whole model: it lacks {len(missing)} weights (e.g. {missing[:3]}); "
                 "it can start a training run (model.weights) but not predict"
             )
-        model.load_state_dict({key: value.to(torch.float32) for key, value in state.items() if key in expected})
+        # float16 files load into the float32 model; integer buffers (BN counters) stay as they are
+        model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                               for key, value in state.items() if key in expected})
         return model.to(device).eval()
 
     @torch.no_grad()
