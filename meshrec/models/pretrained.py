@@ -70,7 +70,11 @@ def load_tensors_file(path: str | os.PathLike, what: str):
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The model-level state dict in a weights file, a checkpoint or a state dict file
     (``model.`` prefixes removed; a bare backbone state dict gets ``backbone.``)."""
-    content = load_tensors_file(path, "weights file")
+    return _state_of(load_tensors_file(path, "weights file"), path)
+
+
+def _state_of(content, path) -> dict[str, torch.Tensor]:
+    """:func:`read_state_dict` of a file's already loaded ``content``."""
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
@@ -87,7 +91,7 @@ def read_weights_file(name_or_path: str | os.PathLike) -> tuple[dict[str, torch.
     path = resolve_weights(name_or_path)
     content = load_tensors_file(path, "weights file")
     meta = content.get("meta") if isinstance(content, dict) else None
-    return read_state_dict(path), meta if isinstance(meta, dict) else {}, path
+    return _state_of(content, path), meta if isinstance(meta, dict) else {}, path
 
 
 def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> list[str]:
