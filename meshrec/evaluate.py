@@ -44,6 +44,7 @@ import torch
 from manolayer.io import write_bytes_atomic
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import project_points
+from meshrec.metrics import stage_scores
 
 __all__ = [
     "EVAL_JSON_FORMAT",
@@ -51,7 +52,6 @@ __all__ = [
     "EvaluationResult",
     "evaluate",
     "mean_hand",
-    "joint_scores",
     "format_table",
     "result_to_dict",
     "save_scores_json",
@@ -152,41 +152,6 @@ def _placed_mean_hand(
     mirror = torch.where(left.view(-1, 1, 1), root.new_tensor([-1.0, 1.0, 1.0]), root.new_tensor([1.0, 1.0, 1.0]))
     vertices, joints = (t.to(root)[None] * mirror + root[:, None] for t in template)
     return vertices, joints
-
-
-# --------------------------------------------------------------------------- scores
-
-
-def joint_scores(pred_joints, gt_joints) -> dict[str, float]:
-    """The joint part of :func:`meshrec.metrics.freihand_scores` (same keys, same protocol),
-    for labels without a mesh of the model's topology.
-
-    Args:
-        pred_joints, gt_joints: ``(N, 21, 3)`` metres, OpenPose order.
-    """
-    from meshrec.geometry.procrustes import align_similarity
-    from meshrec.metrics import ROOT_JOINT, mean_point_error, pck_auc
-
-    pred = torch.as_tensor(pred_joints, dtype=torch.float64)
-    gt = torch.as_tensor(gt_joints, dtype=torch.float64)
-    aligned = align_similarity(pred, gt)
-    root = slice(ROOT_JOINT, ROOT_JOINT + 1)
-    return {
-        "pa_mpjpe_mm": 1000.0 * mean_point_error(aligned, gt),
-        "auc_pa_joints": pck_auc(aligned, gt),
-        "mpjpe_mm": 1000.0 * mean_point_error(pred, gt),
-        "auc_joints": pck_auc(pred, gt),
-        "rr_mpjpe_mm": 1000.0 * mean_point_error(pred - pred[:, root], gt - gt[:, root]),
-        "num_samples": float(len(pred)),
-    }
-
-
-def _score(pred_joints, pred_vertices, gt_joints, gt_vertices, joints_only: bool) -> dict[str, float]:
-    from meshrec.metrics import freihand_scores
-
-    if joints_only:
-        return joint_scores(pred_joints, gt_joints)
-    return freihand_scores(pred_joints, pred_vertices, gt_joints, gt_vertices)
 
 
 # --------------------------------------------------------------------------- the run
@@ -326,10 +291,8 @@ def evaluate(
     if num_scored:
         labels_j = torch.cat(label_joints)[use]
         labels_v = torch.cat(label_vertices)[use]
-        for name in stage_vertices:
-            joints = torch.cat(stage_joints[name])[use]
-            vertices = torch.cat(stage_vertices[name])[use]
-            scores = _score(joints, vertices, labels_j, labels_v, joints_only)
+        ordered = {name: (torch.cat(stage_joints[name])[use], torch.cat(stage_vertices[name])[use]) for name in stage_vertices}
+        for name, scores in stage_scores(ordered, labels_j, labels_v, joints_only=joints_only).items():
             (baseline if name == BASELINE_NAME else stages_scores)[name] = scores
     pixel_means = {name: float(torch.cat(errors).mean()) if sum(len(e) for e in errors) else float("nan")
                    for name, errors in pixel_errors.items()}

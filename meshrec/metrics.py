@@ -26,7 +26,7 @@ device are copied. Scores are returned in mm where the name says ``_mm``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -452,3 +452,55 @@ def freihand_scores(
         scores["f15_unaligned"] = f_raw[1].mean
     scores["num_samples"] = float(pred_j.shape[0])
     return scores
+
+
+def joint_scores(pred_joints, gt_joints) -> dict[str, float]:
+    """The joint part of :func:`freihand_scores` (same keys, same protocol), for labels
+    without a mesh of the model's topology.
+
+    Args:
+        pred_joints, gt_joints: ``(N, 21, 3)`` metres, OpenPose order.
+    """
+    pred, gt = _as_pair(pred_joints, gt_joints, "pred_joints", "gt_joints")
+    aligned = align_similarity(pred, gt)
+    root = slice(ROOT_JOINT, ROOT_JOINT + 1)
+    return {
+        "pa_mpjpe_mm": 1000.0 * mean_point_error(aligned, gt),
+        "auc_pa_joints": pck_auc(aligned, gt),
+        "mpjpe_mm": 1000.0 * mean_point_error(pred, gt),
+        "auc_joints": pck_auc(pred, gt),
+        "rr_mpjpe_mm": 1000.0 * mean_point_error(pred - pred[:, root], gt - gt[:, root]),
+        "num_samples": float(len(pred)),
+    }
+
+
+def stage_scores(
+    stages: Mapping[str, tuple[object, object]], gt_joints, gt_vertices=None, *, joints_only: bool = False
+) -> dict[str, dict[str, float]]:
+    """FreiHAND scores of every stage of a network, in the stages' own order.
+
+    The one scorer of training-time validation and :func:`meshrec.evaluate.evaluate`. The
+    order of ``stages`` is the order the network ran them (``global``, ``coarse_to_fine``,
+    ``pass_1`` ... ``pass_T``), never an alphabetical one, so :func:`final_stage` is the last.
+
+    Args:
+        stages: stage name -> ``(joints (N, J, 3), vertices (N, V, 3))``, metres.
+        gt_joints: ``(N, J, 3)`` metres.
+        gt_vertices: ``(N, V, 3)`` metres (same topology); unused with ``joints_only``.
+        joints_only: score joints only (:func:`joint_scores`), for labels without a mesh.
+
+    Returns:
+        stage name -> scores (:func:`freihand_scores` or :func:`joint_scores` keys), same order.
+    """
+    if not joints_only and gt_vertices is None:
+        raise MetricInputError("gt_vertices is None: pass the label meshes, or joints_only=True to score joints only")
+    if joints_only:
+        return {name: joint_scores(joints, gt_joints) for name, (joints, _) in stages.items()}
+    return {name: freihand_scores(joints, vertices, gt_joints, gt_vertices) for name, (joints, vertices) in stages.items()}
+
+
+def final_stage(scores: Mapping[str, dict[str, float]]) -> str:
+    """The name of the network's final stage: the last of :func:`stage_scores`'s (ordered) keys."""
+    if not scores:
+        raise MetricInputError("no stage was scored: there is no final stage")
+    return next(reversed(scores))

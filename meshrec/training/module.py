@@ -15,7 +15,7 @@ import torch
 from meshrec.config import config_from_dict, config_to_dict
 from meshrec.errors import MeshrecError
 from meshrec.losses import HandPrior, hand_losses
-from meshrec.metrics import freihand_scores
+from meshrec.metrics import final_stage, stage_scores
 from meshrec.models.joint_groups import gumbel_temperature
 from meshrec.models.reconstructor import HandMeshReconstructor
 from meshrec.training.config import TrainConfig
@@ -41,6 +41,7 @@ class HandMeshModule(L.LightningModule):
         self.model = HandMeshReconstructor(config.model)
         self.prior = HandPrior.from_model(self.model.hand_model)
         self._validation: list[dict[str, torch.Tensor]] = []
+        self._stage_order: list[str] = []  # the network's stages as it ran them, for validation
 
     # ------------------------------------------------------------------ training
 
@@ -93,7 +94,9 @@ class HandMeshModule(L.LightningModule):
             record["gt_joints"] = batch.joints3d[has_mesh]
             regressor = self.model.joint_regressor
             max_passes = self.model.config.gate.max_passes if self.model.refiner is not None else None
-            for stage, vertices in prediction.stage_vertices(max_passes).items():
+            stages = prediction.stage_vertices(max_passes)
+            self._stage_order = list(stages)
+            for stage, vertices in stages.items():
                 record[f"{stage}/vertices"] = vertices[has_mesh]
                 record[f"{stage}/joints"] = regressor.to(vertices) @ vertices[has_mesh]
         self._validation.append({k: v.detach().cpu() for k, v in record.items()})
@@ -110,14 +113,14 @@ class HandMeshModule(L.LightningModule):
         if "keypoints2d_error" in gathered:
             metrics["val/keypoints2d_px"] = gathered["keypoints2d_error"].nanmean().item()
         if "gt_vertices" in gathered:
-            stages = sorted({key.split("/")[0] for key in gathered if key.endswith("/vertices") and key != "gt_vertices"})
-            final = None
-            for stage in stages:
-                scores = freihand_scores(gathered[f"{stage}/joints"], gathered[f"{stage}/vertices"], gathered["gt_joints"], gathered["gt_vertices"])
+            # the stages in the order the network ran them (never sorted: "global" < "coarse_to_fine"
+            # and "pass_10" < "pass_2" alphabetically), so the final stage is the last one
+            ordered = {stage: (gathered[f"{stage}/joints"], gathered[f"{stage}/vertices"]) for stage in self._stage_order}
+            scores = stage_scores(ordered, gathered["gt_joints"], gathered["gt_vertices"])
+            for stage, stage_score in scores.items():
                 for name in ("pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "mpjpe_mm"):
-                    metrics[f"val/{stage}/{name}"] = scores[name]
-                final = scores
-            # the prediction's final mesh: the last stage that ran
+                    metrics[f"val/{stage}/{name}"] = stage_score[name]
+            final = scores[final_stage(scores)]
             for name in ("pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_pa_joints", "mpjpe_mm", "rr_mpjpe_mm"):
                 metrics[f"val/{name}"] = final[name]
         self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
