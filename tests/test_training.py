@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,6 +17,7 @@ from meshrec.config import ConfigError, config_from_dict, config_to_dict, load_c
 from meshrec.errors import MeshrecError
 from meshrec.render import gl_available
 from meshrec.training.config import TrainConfig
+from tests import processes
 
 needs_gl = pytest.mark.skipif(not gl_available(), reason="OpenGL (EGL) renderer unavailable for synthetic data")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -283,18 +283,14 @@ def test_sigint_saves_and_stops_cleanly(tmp_path):
     run_dir = tmp_path / "run"
     # after TINY's own settings, so that they win: the run must still be going when Ctrl-C comes
     overrides = _tiny_overrides() + [f"run_dir={run_dir}", "trainer.max_epochs=1000", "data.train_samples=64"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "train", *overrides], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env={**os.environ},
-    )
+    process = processes.start([sys.executable, "-m", "pipelines.cli", "train", *overrides], env={**os.environ})
     log = run_dir / "logs" / "version_0" / "metrics.csv"
-    import time
-
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and log.stat().st_size > 0 and (run_dir / "checkpoints" / "last.ckpt").exists()):
-        time.sleep(0.5)
+    processes.wait_for(
+        process, lambda: log.exists() and log.stat().st_size > 0 and (run_dir / "checkpoints" / "last.ckpt").exists(),
+        timeout=120, what="training never logged a step and wrote last.ckpt (nothing to interrupt)",
+    )
     process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=120)
+    output = processes.finish(process, timeout=60, what="training after Ctrl-C")
     assert process.returncode == 0, output
     assert "training interrupted" in output and (run_dir / "checkpoints" / "last.ckpt").exists()
 
@@ -325,9 +321,15 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         from meshrec.training.run import train
 
         class Record(L.Callback):
-            def on_train_end(self, trainer, module):
+            def save(self, trainer, module, when):
                 flat = torch.cat([p.detach().flatten() for p in module.parameters()])
-                torch.save(flat, {str(tmp_path)!r} + f"/rank{{trainer.global_rank}}.pt")
+                torch.save(flat, {str(tmp_path)!r} + f"/rank{{trainer.global_rank}}_{{when}}.pt")
+
+            def on_train_start(self, trainer, module):
+                self.save(trainer, module, "start")
+
+            def on_train_end(self, trainer, module):
+                self.save(trainer, module, "end")
 
         import meshrec.training.run as run_module
         original = run_module.L.Trainer
@@ -337,11 +339,12 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         train(config)
     """))
     env = {**os.environ, "MESHREC_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
-    assert torch.equal(rank0, rank1)
-    # and they trained: the weights moved away from the initialisation of the same seed
+    # well inside pytest's own time-out, so a hung rank fails here with its output, killed
+    done = processes.run([sys.executable, str(script)], timeout=200, what="two-process DDP training", env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    weights = {(rank, when): torch.load(tmp_path / f"rank{rank}_{when}.pt") for rank in (0, 1) for when in ("start", "end")}
+    assert torch.equal(weights[0, "start"], weights[1, "start"]) and torch.equal(weights[0, "end"], weights[1, "end"])
+    assert not torch.equal(weights[0, "start"], weights[0, "end"])  # and they trained
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
