@@ -31,11 +31,12 @@ import torch
 from manolayer.io import write_bytes_atomic
 from manolayer.joints import OPENPOSE_JOINT_NAMES
 from meshrec.errors import MeshrecError
+from meshrec.sides import flag_to_side
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import trimesh
 
-    from meshrec.models.reconstructor import Prediction
+    from meshrec.models.prediction import Prediction
 
 __all__ = [
     "MESH_FORMATS",
@@ -197,13 +198,6 @@ def vertex_uncertainty(joint_variance: torch.Tensor, vertices: torch.Tensor, joi
     return torch.gather(joint_variance.sqrt(), -1, nearest)
 
 
-def _check_index(prediction: "Prediction", index: int) -> int:
-    size = len(prediction)
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -size <= index < size:
-        raise MeshrecError(f"index must be an int in [0, {size - 1}] for a prediction of {size} samples, got {index!r}")
-    return int(index) % size
-
-
 def prediction_mesh(prediction: "Prediction", index: int, with_uncertainty: bool = True) -> "trimesh.Trimesh":
     """Sample ``index`` of a prediction as a Trimesh, correctly wound for either side.
 
@@ -218,7 +212,7 @@ def prediction_mesh(prediction: "Prediction", index: int, with_uncertainty: bool
         Vertices in metres in the crop's camera frame, faces from ``prediction.faces_of(index)``.
         ``mesh.metadata['vertex_sigma_m']`` holds the ``(V,)`` sigmas when colours were made.
     """
-    index = _check_index(prediction, index)
+    index = prediction.sample_index(index)
     vertices = prediction.vertices[index].detach().cpu().double()
     colors = sigma = None
     if with_uncertainty and prediction.joint_variance is not None:
@@ -313,15 +307,14 @@ def save_prediction_json(path: str | os.PathLike, prediction: "Prediction", inde
     is off), ``passes_used`` (int), ``keypoints2d`` ``(21, 2)`` pixels from the keypoint head
     (null when it is off). The mesh goes to its own file (:func:`save_mesh`).
     """
-    from meshrec.models.reconstructor import SIDE_LEFT
 
-    index = _check_index(prediction, index)
+    index = prediction.sample_index(index)
     path = _prepare_path(path, overwrite, None, (".json",))
     variance = prediction.joint_variance
     record = {
         "format": PREDICTION_JSON_FORMAT,
         "units": {"3d": "metres", "2d": "pixels", "joint_variance": "metres^2", "joint_sigma": "metres"},
-        "side": "left" if int(prediction.side[index]) == SIDE_LEFT else "right",
+        "side": flag_to_side(prediction.side[index]),
         "image_size": [int(size) for size in prediction.image_size],
         "K": _plain(prediction.K[index], "K"),
         "root": _plain(prediction.root[index], "root"),

@@ -267,7 +267,7 @@ def collect_requests(
         MeshrecError: ``source`` does not exist, is not one of the above, or holds no image;
             ``side`` or ``box`` are malformed.
     """
-    from meshrec.data.keypoints_json import _parse_record, read_keypoint_records
+    from meshrec.data.keypoints_json import parse_keypoint_record, read_keypoint_records
 
     path = Path(source)
     if side is not None and side not in ("right", "left"):
@@ -294,7 +294,7 @@ def collect_requests(
         try:
             if isinstance(raw, DatasetError):
                 raise raw
-            record = _parse_record(raw, path.parent, where)
+            record = parse_keypoint_record(raw, path.parent, where)
         except DatasetError as error:
             failures.append(Failure(where, str(error).removeprefix(f"{where}: ")))
             continue
@@ -326,10 +326,10 @@ def _open_image(request: ImageRequest, exif_transpose: bool):
     """The image as a Pillow image in RGB mode, or :class:`ImageSkipped` saying why not."""
     from PIL import Image
 
-    from meshrec.data.images import _open
+    from meshrec.data.images import open_image
 
     try:
-        image = _open(Path(request.image), None, exif_transpose)
+        image = open_image(Path(request.image), exif_transpose=exif_transpose)
     except DatasetError as error:
         raise ImageSkipped(request.name, str(error).removeprefix(f"{request.image}: ")) from None
     except Image.DecompressionBombError as error:

@@ -457,12 +457,6 @@ def overlay_mesh(image, vertices, faces, K, alpha: float = 0.5, colors=None, ren
     return np.where(mask[..., None], np.round(blended), image).astype(np.uint8)
 
 
-def _check_prediction_index(prediction, index: int) -> int:
-    from meshrec.export import _check_index
-
-    return _check_index(prediction, index)
-
-
 def plot_prediction(
     prediction, index: int, image=None, ax=None, alpha: float = 0.5, renderer: str = "auto", keypoints: bool = True
 ):
@@ -481,7 +475,7 @@ def plot_prediction(
         The axes, titled with the side, the passes used and (when there is a loop) the mean
         predicted joint sigma in mm.
     """
-    index = _check_prediction_index(prediction, index)
+    index = prediction.sample_index(index)
     height, width = prediction.image_size
     if image is None:
         image = np.full((height, width, 3), 128, dtype=np.uint8)
@@ -611,7 +605,7 @@ def prediction_figure_3d(prediction, index: int, uncertainty: bool = True, joint
     ``uncertainty`` and the prediction has ``joint_variance``."""
     from meshrec.export import vertex_uncertainty
 
-    index = _check_prediction_index(prediction, index)
+    index = prediction.sample_index(index)
     vertices, sample_joints = prediction.vertices[index].detach().cpu(), prediction.joints[index].detach().cpu()
     values = None
     if uncertainty and prediction.joint_variance is not None:
@@ -638,7 +632,7 @@ def refinement_steps_figure(prediction, index: int, interactive: bool = True):
             mesh moves). False: a matplotlib ``Figure`` with one 3D panel per stage, seen from
             the camera, on one shared scale.
     """
-    index = _check_prediction_index(prediction, index)
+    index = prediction.sample_index(index)
     stages = {name: v[index].detach().cpu().double().numpy() for name, v in prediction.stage_vertices().items()}
     names = list(stages)
     faces = prediction.faces_of(index).cpu().numpy()

@@ -37,7 +37,7 @@ from meshrec.data.crop import (
     transform_points,
 )
 from meshrec.data.freihand import FREIHAND_VERSIONS, read_json_array
-from meshrec.data.sample import SIDE_LEFT, SIDE_RIGHT
+from meshrec.sides import SIDE_LEFT, SIDE_RIGHT
 from meshrec.errors import DatasetError, MeshrecError
 from meshrec.geometry.camera import default_intrinsics, project_points
 

@@ -37,7 +37,8 @@ from manolayer.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from meshrec.data.blur import gaussian_blur
 from meshrec.data.crop import transform_points
 from meshrec.errors import MeshrecError
-from meshrec.data.sample import SIDE_LEFT, SIDE_RIGHT, HandBatch
+from meshrec.data.sample import HandBatch
+from meshrec.sides import SIDE_LEFT, SIDE_RIGHT
 
 __all__ = [
     "AugmentSettings",

@@ -13,14 +13,16 @@ import torch
 
 from meshrec.errors import DatasetError
 
-__all__ = ["load_image", "load_mask", "image_size_of"]
+__all__ = ["open_image", "load_image", "load_mask", "image_size_of"]
 
 
 def _where(path: Path, index: int | None) -> str:
     return f"{path}" + (f" (index {index})" if index is not None else "")
 
 
-def _open(path: Path, index: int | None, exif_transpose: bool):
+def open_image(path: Path, index: int | None = None, *, exif_transpose: bool = False):
+    """The decoded image file as a Pillow image in its own mode (a truncated or corrupt file
+    fails here: :class:`DatasetError` naming the file and the sample ``index``)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.is_file():
@@ -49,7 +51,7 @@ def load_image(path: str | Path, index: int | None = None, *, exif_transpose: bo
         DatasetError: the file is missing or cannot be decoded (message names file and index).
     """
     path = Path(path)
-    image = _open(path, index, exif_transpose).convert("RGB")
+    image = open_image(path, index, exif_transpose=exif_transpose).convert("RGB")
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
@@ -61,7 +63,7 @@ def load_mask(path: str | Path, index: int | None = None, threshold: float = 0.5
     threshold turns them back into a binary mask.
     """
     path = Path(path)
-    grey = np.asarray(_open(path, index, False).convert("L"), dtype=np.float32) / 255.0
+    grey = np.asarray(open_image(path, index).convert("L"), dtype=np.float32) / 255.0
     return torch.from_numpy((grey > threshold).astype(np.float32))[None]
 
 

@@ -62,11 +62,12 @@ from meshrec.data.crop import (
     square_box,
 )
 from meshrec.data.images import image_size_of, load_image
-from meshrec.data.sample import MANO_BETAS_DIM, MANO_POSE_DIM, NUM_JOINTS, HandSample, make_hand_sample, side_to_flag
+from meshrec.data.sample import MANO_BETAS_DIM, MANO_POSE_DIM, NUM_JOINTS, HandSample, make_hand_sample
+from meshrec.sides import side_to_flag
 from meshrec.errors import DatasetError
 from meshrec.geometry.camera import DEFAULT_FOV_DEG, default_intrinsics, project_points
 
-__all__ = ["KeypointsJsonDataset", "KeypointRecord", "read_keypoint_records", "RECORD_KEYS"]
+__all__ = ["KeypointsJsonDataset", "KeypointRecord", "parse_keypoint_record", "read_keypoint_records", "RECORD_KEYS"]
 
 RECORD_KEYS = ("image", "joints2d", "visible", "K", "joints3d", "mano", "vertices", "side", "box", "meta")
 _MANO_KEYS = ("pose", "betas")
@@ -113,7 +114,9 @@ def _array(record: dict, key: str, shape: tuple, where: str) -> np.ndarray | Non
     return value
 
 
-def _parse_record(record: object, base: Path, where: str) -> KeypointRecord:
+def parse_keypoint_record(record: object, base: Path, where: str) -> KeypointRecord:
+    """One record of a keypoint label file, checked (:class:`DatasetError` saying what is wrong
+    at ``where``); image paths are relative to ``base``, the label file's folder."""
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
     unknown = sorted(set(record) - set(RECORD_KEYS))
@@ -272,7 +275,7 @@ class KeypointsJsonDataset(HandDataset):
             try:
                 if isinstance(raw, DatasetError):
                     raise raw
-                record = _parse_record(raw, self.path.parent, where)
+                record = parse_keypoint_record(raw, self.path.parent, where)
                 self._check_against_image(record)
             except DatasetError as error:
                 if self.on_error == "raise":

@@ -19,16 +19,13 @@ from dataclasses import dataclass, fields
 import torch
 
 from meshrec.errors import DatasetError
+from meshrec.sides import side_to_flag
 
 __all__ = [
     "HandSample",
     "HandBatch",
     "make_hand_sample",
     "collate_hand_samples",
-    "side_to_flag",
-    "flag_to_side",
-    "SIDE_RIGHT",
-    "SIDE_LEFT",
     "NUM_JOINTS",
     "MANO_POSE_DIM",
     "MANO_BETAS_DIM",
@@ -37,23 +34,6 @@ __all__ = [
 NUM_JOINTS = 21
 MANO_POSE_DIM = 48  # global orientation (3) + 15 joints x 3, axis-angle, not PCA
 MANO_BETAS_DIM = 10
-SIDE_RIGHT = 0
-SIDE_LEFT = 1
-_SIDE_FLAGS = {"right": SIDE_RIGHT, "left": SIDE_LEFT}
-
-
-def side_to_flag(side: str | int) -> int:
-    """``'right'`` -> 0, ``'left'`` -> 1 (ints 0/1 pass through)."""
-    if isinstance(side, str) and side.lower() in _SIDE_FLAGS:
-        return _SIDE_FLAGS[side.lower()]
-    if isinstance(side, int) and not isinstance(side, bool) and side in (SIDE_RIGHT, SIDE_LEFT):
-        return side
-    raise ValueError(f"side must be 'right', 'left', 0 or 1, got {side!r}")
-
-
-def flag_to_side(flag: int) -> str:
-    """0 -> ``'right'``, 1 -> ``'left'``."""
-    return {SIDE_RIGHT: "right", SIDE_LEFT: "left"}[int(flag)]
 
 
 @dataclass
@@ -73,7 +53,7 @@ class HandSample:
             joints in MANO order; zeros if absent.
         mano_betas: ``(10,)`` MANO shape; zeros if absent.
         mask: ``(1, H, W)`` hand foreground in [0, 1]; zeros if absent.
-        side: 0 right hand, 1 left hand (:data:`SIDE_RIGHT`, :data:`SIDE_LEFT`).
+        side: 0 right hand, 1 left hand (:data:`meshrec.sides.SIDE_RIGHT`, :data:`meshrec.sides.SIDE_LEFT`).
         has_mesh, has_joints3d, has_joints2d, has_mano, has_mask: which labels are real.
         index: the sample's number in its source (image number, record number).
         source: where it came from (image path), for error messages.

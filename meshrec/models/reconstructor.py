@@ -27,12 +27,12 @@ from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import Backbone, BackboneConfig
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
-from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput
+from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead
 from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
 from meshrec.models.pretrained import load_starting_weights, load_tensors_file
+from meshrec.models.prediction import Prediction
 from meshrec.models.refinement import GateConfig, MeshRefiner, RefinementConfig
-
-SIDE_RIGHT, SIDE_LEFT = 0, 1
+from meshrec.sides import SIDE_LEFT, side_tensor
 
 
 @dataclass
@@ -72,88 +72,6 @@ class ModelConfig:
                 f"keypoints.decoder_widths needs {levels} entries to go from stride 32 to keypoints.feature_stride="
                 f"{self.keypoints.feature_stride}, got {self.keypoints.decoder_widths}"
             )
-
-
-@dataclass
-class Prediction:
-    """What the model says about a batch of B crops (camera frame of each crop, metres).
-
-    Attributes:
-        vertices: ``(B, V, 3)`` the final mesh.
-        joints: ``(B, 21, 3)`` OpenPose order, regressed from ``vertices``.
-        joints2d: ``(B, 21, 2)`` ``joints`` projected with ``K`` (pixels of the crop).
-        root: ``(B, 3)`` the wrist of the parametric hand.
-        joint_variance: ``(B, 21)`` sigma^2 (metres^2) of each joint's error after the last pass
-            a sample ran, or None when the loop is off.
-        passes_used: ``(B,)`` int64 refinement-loop passes each sample ran.
-        side: ``(B,)`` int64, 0 right, 1 left.
-        K: ``(B, 3, 3)`` intrinsics used; image_size ``(H, W)``.
-        global_vertices, global_joints: ``(B, V, 3)``, ``(B, 21, 3)`` the parametric stage.
-        global_rotations: ``(B, 16, 3, 3)`` its local joint rotations (MANO joint order; for a
-            left hand, those of the left model). betas ``(B, S)``; camera ``(B, 3)`` raw.
-        level_vertices: coarse-to-fine outputs, finest first, ``(B, V_l, 3)`` each.
-        pass_vertices, pass_log_variance, pass_exit_logit: per loop pass, ``(B, V, 3)``,
-            ``(B, 21)`` and ``(B,)`` (at inference, samples that left keep their last values).
-        keypoints2d, keypoint_depth: ``(B, 21, 2)`` pixels and ``(B, 21)`` root-relative depth
-            from the keypoint head (None when it is off); keypoint_head: its full output.
-        faces: ``(F, 3)`` the right hand's faces (see :meth:`faces_of`).
-    """
-
-    vertices: torch.Tensor
-    joints: torch.Tensor
-    joints2d: torch.Tensor
-    root: torch.Tensor
-    joint_variance: torch.Tensor | None
-    passes_used: torch.Tensor
-    side: torch.Tensor
-    K: torch.Tensor
-    image_size: tuple[int, int]
-    global_vertices: torch.Tensor
-    global_joints: torch.Tensor
-    global_rotations: torch.Tensor
-    betas: torch.Tensor
-    camera: torch.Tensor
-    faces: torch.Tensor
-    level_vertices: list[torch.Tensor] = field(default_factory=list)
-    pass_vertices: list[torch.Tensor] = field(default_factory=list)
-    pass_log_variance: list[torch.Tensor] = field(default_factory=list)
-    pass_exit_logit: list[torch.Tensor] = field(default_factory=list)
-    keypoints2d: torch.Tensor | None = None
-    keypoint_depth: torch.Tensor | None = None
-    keypoint_head: JointGroupsOutput | None = None
-
-    def __len__(self) -> int:
-        return self.vertices.shape[0]
-
-    def faces_of(self, index: int) -> torch.Tensor:
-        """``(F, 3)`` faces of sample ``index``, wound counter-clockwise seen from outside (a
-        left hand's are the right hand's with two corners swapped, since its mesh is mirrored)."""
-        return self.faces[:, [0, 2, 1]] if int(self.side[index]) == SIDE_LEFT else self.faces
-
-    def to_trimesh(self, index: int, with_uncertainty: bool = True):
-        """Sample ``index`` as a ``trimesh.Trimesh`` (vertex order kept; per-vertex uncertainty as
-        vertex colours when the loop ran). See :func:`meshrec.export.prediction_mesh`."""
-        from meshrec.export import prediction_mesh
-
-        return prediction_mesh(self, index, with_uncertainty=with_uncertainty)
-
-    def stage_vertices(self, max_passes: int | None = None) -> dict[str, torch.Tensor]:
-        """Full-resolution meshes of every stage, in order: ``global``, ``coarse_to_fine`` (when
-        the refinement ran), ``pass_1`` ... ``pass_T``; each ``(B, V, 3)``.
-
-        The gated loop stops once every sample of the batch has left, so a batch may have fewer
-        passes than another; with ``max_passes`` the missing ones repeat the last pass (a sample
-        that left keeps its last mesh, as at inference), so every batch has the same stages."""
-        stages = {"global": self.global_vertices}
-        if self.level_vertices:
-            stages["coarse_to_fine"] = self.level_vertices[0]
-        for index, vertices in enumerate(self.pass_vertices, start=1):
-            stages[f"pass_{index}"] = vertices
-        ran = len(self.pass_vertices)
-        if ran and max_passes is not None:
-            for index in range(ran + 1, max_passes + 1):
-                stages[f"pass_{index}"] = self.pass_vertices[-1]
-        return stages
 
 
 class HandMeshReconstructor(nn.Module):
@@ -404,27 +322,6 @@ class HandMeshReconstructor(nn.Module):
             if not bool(torch.isfinite(K).all()) or bool((K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any()):
                 raise MeshrecError("K must be finite with positive focal lengths K[:, 0, 0] and K[:, 1, 1]")
         return images, K, side_tensor(side, batch, images.device)
-
-
-def side_tensor(side, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(B,)`` int64 of 0 (right) / 1 (left) from None, a name, or a per-sample sequence."""
-    names = {"right": SIDE_RIGHT, "left": SIDE_LEFT, "r": SIDE_RIGHT, "l": SIDE_LEFT}
-    if side is None:
-        return torch.zeros(batch, dtype=torch.long, device=device)
-    if isinstance(side, str):
-        if side.lower() not in names:
-            raise MeshrecError(f"side must be 'right' or 'left', got {side!r}")
-        return torch.full((batch,), names[side.lower()], dtype=torch.long, device=device)
-    values = side.tolist() if isinstance(side, torch.Tensor) else list(side)
-    if len(values) != batch:
-        raise MeshrecError(f"side has {len(values)} entries for {batch} images; give one per image or one name")
-    flags = []
-    for value in values:
-        flag = names.get(value.lower()) if isinstance(value, str) else value
-        if flag not in (SIDE_RIGHT, SIDE_LEFT):
-            raise MeshrecError(f"side entries must be 0/'right' or 1/'left', got {value!r}")
-        flags.append(int(flag))
-    return torch.tensor(flags, dtype=torch.long, device=device)
 
 
 def flip_intrinsics(K: torch.Tensor, width: int) -> torch.Tensor:
