@@ -15,7 +15,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -82,7 +81,7 @@ def main() -> None:
 
     from manolayer.testing import random_mano_arrays
     from manolayer import ManoLayer
-    from manolayer.io import ManoModel, _model_from_arrays
+    from manolayer.io import ManoModel, model_from_arrays
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1000)
@@ -93,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     arrays = random_mano_arrays()
-    model: ManoModel = _model_from_arrays(arrays, Path("random-778"), "right", None)
+    model: ManoModel = model_from_arrays(arrays, "right", source="random-778")
     ours = ManoLayer(model, use_pca=False, flat_hand_mean=False)
     with tempfile.TemporaryDirectory() as folder:
         struct = smplx.utils.Struct(**{**arrays, "J_regressor": model.J_regressor, "shapedirs": model.shapedirs})

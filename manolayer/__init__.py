@@ -8,7 +8,7 @@
 """
 
 from manolayer.errors import ForbiddenPickleError, ManoError, ManoFormatError, PoseInputError, SideMismatchError
-from manolayer.io import OPEN_HAND_PATH, ManoModel, load_mano, mirror_model, save_mano_npz
+from manolayer.io import OPEN_HAND_PATH, ManoModel, load_mano, mirror_model, model_from_arrays, save_mano_npz
 from manolayer.layer import ManoLayer, ManoOutput
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "SideMismatchError",
     "load_mano",
     "mirror_model",
+    "model_from_arrays",
     "save_mano_npz",
 ]

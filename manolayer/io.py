@@ -210,7 +210,7 @@ def load_mano(
             f"cannot tell which hand {path} holds: it has no 'side' entry and its name says neither "
             "LEFT nor RIGHT; pass side='right' or side='left'"
         )
-    model = _model_from_arrays(arrays, path, resolved_side, md5)
+    model = model_from_arrays(arrays, resolved_side, source=path, md5=md5)
     if from_pickle and resolved_side == "left" and fix_left_shapedirs:
         shapedirs = model.shapedirs.copy()
         shapedirs[:, 0, :] *= -1
@@ -252,11 +252,15 @@ def _read_pickle(raw: bytes, path: Path) -> dict[str, Any]:
     return {key: _to_plain(value, path, key) for key, value in loaded.items()}
 
 
-def _model_from_arrays(arrays: dict[str, Any], path: Path, side: str, md5: str | None) -> ManoModel:
+def model_from_arrays(arrays: dict[str, Any], side: str, *, source: str | os.PathLike = "<arrays>", md5: str | None = None) -> ManoModel:
+    """A checked :class:`ManoModel` from MANO-format arrays already in memory (the entries of
+    a MANO file: ``v_template`` ``(V, 3)``, ``shapedirs`` ``(V, 3, S)``, ``posedirs``, ``J_regressor``,
+    ``weights``, ``kintree_table``, ``f``, ...); ``source`` names them in error messages.
+    :func:`load_mano` reads a file and calls this."""
     missing = [key for key in _REQUIRED_KEYS if key not in arrays]
     if missing:
         raise ManoFormatError(
-            f"{path} lacks the entries {missing}; a MANO file needs {list(_REQUIRED_KEYS)} "
+            f"{source} lacks the entries {missing}; a MANO file needs {list(_REQUIRED_KEYS)} "
             f"(found {sorted(arrays)})"
         )
     numeric = {}
@@ -264,15 +268,15 @@ def _model_from_arrays(arrays: dict[str, Any], path: Path, side: str, md5: str |
         if key in arrays and key != "side":
             value = np.asarray(arrays[key])
             if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
-                raise ManoFormatError(f"{path}: entry {key!r} has dtype {value.dtype}; expected numbers")
+                raise ManoFormatError(f"{source}: entry {key!r} has dtype {value.dtype}; expected numbers")
             numeric[key] = value
 
     kintree = numeric["kintree_table"].astype(np.int64)
     kintree[kintree == _UINT32_MINUS_ONE] = -1
     if kintree.ndim != 2 or kintree.shape[0] != 2:
-        raise ManoFormatError(f"{path}: 'kintree_table' has shape {kintree.shape}; expected (2, J)")
+        raise ManoFormatError(f"{source}: 'kintree_table' has shape {kintree.shape}; expected (2, J)")
     if not np.array_equal(kintree[1], np.arange(kintree.shape[1])):
-        raise ManoFormatError(f"{path}: 'kintree_table' row 1 must list joints 0..J-1 in order, got {kintree[1]}")
+        raise ManoFormatError(f"{source}: 'kintree_table' row 1 must list joints 0..J-1 in order, got {kintree[1]}")
 
     v_template = numeric["v_template"].astype(np.float64)
     num_joints = kintree.shape[1]
@@ -294,7 +298,7 @@ def _model_from_arrays(arrays: dict[str, Any], path: Path, side: str, md5: str |
         hands_mean=_optional_float(numeric.get("hands_mean")),
         fingertip_ids=None if fingertips is None else fingertips.astype(np.int64),
         side=side,
-        source=str(path),
+        source=str(source),
         md5=md5,
     )
 

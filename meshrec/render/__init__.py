@@ -58,14 +58,14 @@ def get_renderer(
             call ``gl_available()`` to check up front.
     """
     if backend == "gl":
-        from meshrec.render.gl import GLRenderer, _import_moderngl
+        from meshrec.render.gl import GLRenderer, require_moderngl
 
-        _import_moderngl()
+        require_moderngl()
         return GLRenderer(**kwargs)
     if backend == "pytorch3d":
-        from meshrec.render.p3d import Pytorch3DRenderer, _import_pytorch3d
+        from meshrec.render.p3d import Pytorch3DRenderer, require_pytorch3d
 
-        _import_pytorch3d()
+        require_pytorch3d()
         return Pytorch3DRenderer(**kwargs)
     raise MeshrecError(f"unknown render backend {backend!r}; expected one of {BACKENDS}")
 

@@ -185,7 +185,8 @@ _context = None
 _context_lock = threading.Lock()
 
 
-def _import_moderngl():
+def require_moderngl():
+    """The moderngl module, or :class:`RendererUnavailableError` saying what to install."""
     try:
         import moderngl
     except ImportError as error:
@@ -206,7 +207,7 @@ def process_context():
         # (its driver threads did not survive the fork); a held lock may have been copied too.
         _context, _context_pid, _context_lock = None, pid, threading.Lock()
     if _context is None:
-        moderngl = _import_moderngl()
+        moderngl = require_moderngl()
         # llvmpipe's rasterizer threads do not survive fork, and the EGL display (with its
         # thread pool) is inherited, so a forked child (DataLoader worker) of a process that
         # rendered would hang on its first read-back. Rasterizing on the calling thread
@@ -431,7 +432,7 @@ class GLRenderer:
         rgb = np.empty((batch, height, width, 3), dtype=np.uint8)
         depth = np.empty((batch, height, width), dtype=np.float32)
         ctx = process_context()
-        moderngl = _import_moderngl()
+        moderngl = require_moderngl()
         with _context_lock, ctx:
             self._ensure_program(ctx, lit)
             self._ensure_sheet(ctx, height, width, rows, cols)

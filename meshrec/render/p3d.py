@@ -43,7 +43,8 @@ _INSTALL_HINT = (
 _SOFT_PROBABILITY_FLOOR = 1e-4
 
 
-def _import_pytorch3d():
+def require_pytorch3d():
+    """The pytorch3d package (its renderer imported), or :class:`RendererUnavailableError` saying what to install."""
     try:
         import pytorch3d.renderer  # noqa: F401
     except ImportError as error:
@@ -63,7 +64,7 @@ def _rasterize(
     perspective_correct: bool,
 ):
     """pytorch3d fragments of a batch sharing ``faces``; vertices are camera-frame (OpenCV)."""
-    _import_pytorch3d()
+    require_pytorch3d()
     from pytorch3d.renderer import MeshRasterizer, RasterizationSettings
     from pytorch3d.structures import Meshes
 
