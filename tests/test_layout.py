@@ -110,3 +110,18 @@ def test_no_module_imports_private_names_of_another(package):
         if item.startswith("_") and not item.startswith("__") and module != name
     ]
     assert not offenders
+
+
+def test_the_suite_never_writes_to_the_users_cache(tmp_path_factory):
+    from meshrec.cache import cache_root
+
+    assert cache_root().is_relative_to(tmp_path_factory.getbasetemp())
+
+
+def test_every_source_folder_is_a_package_that_installs():
+    """A folder without ``__init__.py`` is left out of a (non-editable) install by setuptools' find."""
+    from setuptools import find_packages
+
+    installed = set(find_packages(str(ROOT), include=["manolayer*", "meshrec*", "pipelines*"]))
+    with_sources = {name.rpartition(".")[0] if not SOURCES[name].name == "__init__.py" else name for name in SOURCES}
+    assert with_sources <= installed, f"not installed: {sorted(with_sources - installed)}"

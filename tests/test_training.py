@@ -46,11 +46,6 @@ def tiny_config(run_dir: Path, **sections) -> TrainConfig:
     return config_from_dict(TrainConfig, data)
 
 
-@pytest.fixture(autouse=True)
-def hierarchy_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MESHREC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
@@ -338,7 +333,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
                              "accelerator": "cpu", "progress_bar": False, "log_every_steps": 1}})
         train(config)
     """))
-    env = {**os.environ, "MESHREC_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     # well inside pytest's own time-out, so a hung rank fails here with its output, killed
     done = processes.run([sys.executable, str(script)], timeout=200, what="two-process DDP training", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:]

@@ -33,12 +33,10 @@ def trained(tmp_path_factory):
     from meshrec.training.run import train
 
     root = tmp_path_factory.mktemp("use")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MESHREC_CACHE_DIR", str(root / "cache"))
-        result = train(tiny_config(root / "run", trainer={"max_epochs": 1}, data={"train_samples": 8}))
-        write_synthetic_dataset(root / "data", 24, size=64, progress=False)
-        model = HandMeshReconstructor.from_checkpoint(result.last_checkpoint)
-        yield result.last_checkpoint, root / "data", model
+    result = train(tiny_config(root / "run", trainer={"max_epochs": 1}, data={"train_samples": 8}))
+    write_synthetic_dataset(root / "data", 24, size=64, progress=False)
+    model = HandMeshReconstructor.from_checkpoint(result.last_checkpoint)
+    return result.last_checkpoint, root / "data", model
 
 
 def meshrec_command(name: str, argv: list[str]) -> int:

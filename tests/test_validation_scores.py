@@ -20,11 +20,6 @@ from meshrec.training.module import HandMeshModule
 NUM_SAMPLES = 3
 
 
-@pytest.fixture(autouse=True)
-def hierarchy_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MESHREC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def _stage_names(max_passes: int) -> list[str]:
     return ["global", "coarse_to_fine", *(f"pass_{index}" for index in range(1, max_passes + 1))]
 
