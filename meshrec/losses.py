@@ -7,7 +7,10 @@ joints). A batch without a kind of label gives exactly 0 for its terms, still co
 graph (zero gradients reach every parameter, which DDP wants), never NaN.
 
 Terms (``LossOutput.terms`` keys = :data:`TERM_NAMES`; each value is already weighted). Units are
-those of the tensors: metres, radians, pixels divided by the image size.
+those of the tensors: metres, radians, pixels divided by the image size. Each term is computed by
+its own pure function ``<term>_loss`` (:func:`vertices_loss` ... :func:`keypoint_consistency_loss`),
+unweighted, from the tensors and the per-sample mask it needs; :func:`hand_losses` computes the
+masks once, calls the functions of the terms with a weight > 0, and weights their values.
 
 ================== ============================================================ ==============
 term               per sample                                                   samples
@@ -93,7 +96,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -118,16 +121,36 @@ __all__ = [
     "HandPrior",
     "LossConfig",
     "LossOutput",
+    "Stages",
+    "closeness_loss",
     "default_hand_prior",
+    "edges_loss",
     "face_normals",
+    "gate_loss",
     "gate_targets",
     "hand_losses",
+    "joint_limits_loss",
+    "joints2d_loss",
+    "joints3d_loss",
+    "keypoint_consistency_loss",
+    "keypoint_depth_loss",
+    "keypoints2d_loss",
+    "laplacian_loss",
+    "mano_pose_loss",
+    "mano_shape_loss",
     "masked_mean",
     "mesh_edges",
     "normalized_pixel_error",
+    "normals_loss",
+    "pose_prior_loss",
+    "root_loss",
+    "shape_prior_loss",
+    "silhouette_loss",
+    "uncertainty_loss",
     "uncertainty_nll",
     "uniform_laplacian",
     "unmirror_rotations",
+    "vertices_loss",
     "warmup_factor",
 ]
 
@@ -456,7 +479,17 @@ def warmup_factor(config: LossConfig, term: str, step: int) -> float:
     return min(1.0, max(step, 0) / steps)
 
 
-# ---------------------------------------------------------------------------- the loss
+# ---------------------------------------------------------------------------- loss terms
+#
+# One pure function per term of TERM_NAMES, named ``<term>_loss``. Each returns the *unweighted*
+# term and takes the prediction's tensors, the labels (already in the prediction's dtype and
+# device) and the per-sample mask of the samples it averages over. A term summed over stages
+# takes ``stages``: stage name -> tensor (``'global'``, ``'coarse_to_fine'``, ``'pass_1'``, ...)
+# and returns stage name -> scalar, the term being the sum of the values; the others return a
+# scalar. :func:`hand_losses` computes the masks once and composes the terms.
+
+Stages = Mapping[str, Tensor]
+"""Stage name -> tensor, in stage order (see :meth:`~meshrec.models.reconstructor.Prediction.stage_vertices`)."""
 
 
 def _centred(vertices: Tensor) -> Tensor:
@@ -471,6 +504,465 @@ def _centred_l1(vertices: Tensor, centred_label: Tensor) -> Tensor:
 def _connected_zero(*tensors: Tensor) -> Tensor:
     """A scalar 0 that depends on ``tensors`` (zero gradients reach their parameters)."""
     return sum((t * 0).sum() for t in tensors)
+
+
+def _check_shape(term: str, name: str, tensor: Tensor, expected: Sequence[int]) -> None:
+    """Raise :class:`MeshrecError` naming the term, the argument and both shapes when they differ."""
+    if tuple(tensor.shape) != tuple(expected):
+        raise MeshrecError(f"{term}: {name} must have shape {tuple(expected)}, got {tuple(tensor.shape)}")
+
+
+def _check_stages(term: str, stages: Stages, label: Tensor, mask: Tensor, empty_label: bool = False) -> None:
+    """Every stage shaped like ``label`` (any vertex count when ``empty_label`` allows a
+    ``(B, 0, 3)`` label and it is one) and ``mask`` of shape ``(B,)``."""
+    _check_shape(term, "mask", mask, label.shape[:1])
+    for stage, values in stages.items():
+        expected = tuple(label.shape)
+        if empty_label and label.shape[1] == 0:
+            expected = (label.shape[0], values.shape[1], *label.shape[2:])
+        _check_shape(term, f"stages[{stage!r}]", values, expected)
+
+
+def vertices_loss(stages: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Vertex L1 of centred meshes: how far each stage's hand shape is from the label mesh (m).
+
+    Per sample, the mean over vertices of ``|dx| + |dy| + |dz|`` once each mesh's centroid is
+    removed (translation is the ``root`` and ``joints2d`` terms' job); per stage, the mean of
+    that over the samples with ``mask``.
+
+    Args:
+        stages: stage name -> ``(B, V, 3)`` meshes; ``stages[s][b, v]`` is vertex v of sample
+            b's mesh at stage s (metres, camera frame).
+        label: ``(B, V, 3)`` label meshes, vertex for vertex, or ``(B, 0, 3)`` when no sample
+            has one (every stage then gives a 0 still connected to the graph).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has a mesh label.
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("vertices_loss", stages, label, mask, empty_label=True)
+    if label.shape[1] == 0:
+        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
+    centred_label = _centred(label)
+    return {stage: masked_mean(_centred_l1(vertices, centred_label), mask) for stage, vertices in stages.items()}
+
+
+def normals_loss(stages: Stages, label: Tensor, faces: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Face orientation error: per sample, the mean over faces of ``1 - cos`` between the
+    stage's and the label's face normals (:func:`face_normals`); per stage, the mean over the
+    samples with ``mask``.
+
+    Args:
+        stages: stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
+        label: ``(B, V, 3)`` label meshes, or ``(B, 0, 3)`` when no sample has one (0 per stage,
+            connected to the graph).
+        faces: ``(F, 3)`` vertex indices of each triangle.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has a mesh label.
+
+    Returns:
+        stage name -> scalar in ``[0, 2]``.
+    """
+    _check_stages("normals_loss", stages, label, mask, empty_label=True)
+    if label.shape[1] == 0:
+        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
+    label_normals = face_normals(label, faces)
+    per_stage = {}
+    for stage, vertices in stages.items():
+        cosine = (face_normals(vertices, faces) * label_normals).sum(-1)
+        per_stage[stage] = masked_mean((1.0 - cosine).mean(-1), mask)
+    return per_stage
+
+
+def edges_loss(stages: Stages, label: Tensor, edges: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Edge length error: per sample, the mean over edges of ``|length - label length|`` (m);
+    per stage, the mean over the samples with ``mask``.
+
+    Args:
+        stages: stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
+        label: ``(B, V, 3)`` label meshes, or ``(B, 0, 3)`` when no sample has one (0 per stage,
+            connected to the graph).
+        edges: ``(E, 2)`` int64 unique edges ``(i, j)`` (:func:`mesh_edges`).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has a mesh label.
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("edges_loss", stages, label, mask, empty_label=True)
+    if label.shape[1] == 0:
+        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
+    label_lengths = _edge_lengths(label, edges)
+    per_stage = {}
+    for stage, vertices in stages.items():
+        difference = (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
+        per_stage[stage] = masked_mean(difference, mask)
+    return per_stage
+
+
+def joints3d_loss(joints: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Root-relative joint L1: per sample, the mean over joints of ``|dx| + |dy| + |dz|`` (m)
+    once joint 0 (the wrist) is subtracted from each set; per stage, the mean over the samples
+    with ``mask``.
+
+    Args:
+        joints: stage name -> ``(B, J, 3)``; ``joints[s][b, j]`` is joint j (OpenPose order) of
+            sample b at stage s.
+        label: ``(B, J, 3)`` label joints (absolute, camera frame).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has 3D joint labels.
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("joints3d_loss", joints, label, mask)
+    label_relative = label - label[:, :1]
+    return {
+        stage: masked_mean((values - values[:, :1] - label_relative).abs().sum(-1).mean(-1), mask)
+        for stage, values in joints.items()
+    }
+
+
+def root_loss(joints: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Wrist placement: per sample, the L1 ``|dx| + |dy| + |dz|`` (m) of the absolute joint 0;
+    per stage, the mean over the samples with ``mask``.
+
+    Args:
+        joints: stage name -> ``(B, J, 3)`` joints (joint j of sample b at ``[b, j]``, joint 0
+            the wrist).
+        label: ``(B, J, 3)`` label joints (absolute, camera frame).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has 3D joint labels.
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("root_loss", joints, label, mask)
+    return {stage: masked_mean((values[:, 0] - label[:, 0]).abs().sum(-1), mask) for stage, values in joints.items()}
+
+
+def joints2d_loss(pixels: Stages, label: Tensor, visible: Tensor, image_size: tuple[int, int]) -> dict[str, Tensor]:
+    """Projected joint error: ``|du| / W + |dv| / H`` (:func:`normalized_pixel_error`) per
+    joint; per stage, the mean over the visible joints of the whole batch.
+
+    Args:
+        pixels: stage name -> ``(B, J, 2)``; ``pixels[s][b, j]`` is joint j of sample b at stage
+            s projected to ``(u, v)`` pixels of the crop.
+        label: ``(B, J, 2)`` label pixels.
+        visible: ``(B, J)`` bool, ``visible[b, j]``: sample b has 2D labels and joint j is
+            visible (the joints averaged over).
+        image_size: ``(H, W)`` of the crop, pixels.
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_shape("joints2d_loss", "visible", visible, label.shape[:2])
+    for stage, values in pixels.items():
+        _check_shape("joints2d_loss", f"pixels[{stage!r}]", values, label.shape)
+    return {stage: masked_mean(normalized_pixel_error(values, label, image_size), visible) for stage, values in pixels.items()}
+
+
+def mano_pose_loss(rotations: Tensor, label_pose: Tensor, mask: Tensor) -> Tensor:
+    """MANO pose error: per sample, the mean over the joints of ``||R - R_label||_F^2``; the
+    mean of that over the samples with ``mask``.
+
+    Args:
+        rotations: ``(B, J, 3, 3)`` local joint rotations, ``rotations[b, j]`` the rotation of
+            MANO joint j (0 the global orientation) of sample b.
+        label_pose: ``(B, 3 J)`` the label's axis-angle pose (radians), joint j at ``[b, 3j:3j+3]``.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has MANO labels.
+    """
+    batch_size, num_joints = rotations.shape[:2]
+    _check_shape("mano_pose_loss", "label_pose", label_pose, (batch_size, 3 * num_joints))
+    _check_shape("mano_pose_loss", "mask", mask, (batch_size,))
+    label_rotations = axis_angle_to_matrix(label_pose.view(-1, num_joints, 3))
+    error = (rotations - label_rotations).square().sum((-1, -2)).mean(-1)
+    return masked_mean(error, mask)
+
+
+def mano_shape_loss(betas: Tensor, label_betas: Tensor, mask: Tensor) -> Tensor:
+    """MANO shape error: per sample, the mean over the components both have of
+    ``(beta - beta_label)^2``; the mean of that over the samples with ``mask``.
+
+    Args:
+        betas: ``(B, S)`` predicted shape coefficients, component s of sample b at ``[b, s]``.
+        label_betas: ``(B, S')`` label coefficients; the first ``min(S, S')`` are compared.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has MANO labels.
+    """
+    _check_shape("mano_shape_loss", "label_betas", label_betas, (betas.shape[0], label_betas.shape[-1]))
+    _check_shape("mano_shape_loss", "mask", mask, betas.shape[:1])
+    count = min(betas.shape[1], label_betas.shape[1])
+    error = (betas[:, :count] - label_betas[:, :count]).square().mean(-1)
+    return masked_mean(error, mask)
+
+
+def _hand_rotations(term: str, rotations: Tensor, side: Tensor) -> Tensor:
+    """``(B, 15, 3, 3)`` the hand joints' rotations in right-hand conventions."""
+    if rotations.ndim != 4 or rotations.shape[2:] != (3, 3):
+        raise MeshrecError(f"{term}: rotations must have shape (B, 16, 3, 3), got {tuple(rotations.shape)}")
+    _check_shape(term, "side", side, rotations.shape[:1])
+    return unmirror_rotations(rotations[:, 1:], side)
+
+
+def pose_prior_loss(rotations: Tensor, side: Tensor, prior: HandPrior | None = None) -> Tensor:
+    """Pose prior: mean over samples and the 15 hand joints of ``||R - R_mean||_F^2``, in
+    right-hand conventions (a left sample's rotations are un-mirrored first); every sample.
+
+    Args:
+        rotations: ``(B, 16, 3, 3)`` local rotations of the MANO joints (joint 0, the global
+            orientation, is left out), ``rotations[b, j]`` joint j of sample b.
+        side: ``(B,)`` int64, 0 right, 1 left.
+        prior: the hand model's :class:`HandPrior` (``mean_rotations`` = ``R_mean``); None uses
+            :func:`default_hand_prior`.
+    """
+    hand_rotations = _hand_rotations("pose_prior_loss", rotations, side)
+    prior = default_hand_prior() if prior is None else prior
+    deviation = (hand_rotations - prior.mean_rotations_like(hand_rotations)).square().sum((-1, -2))
+    return deviation.mean(-1).mean()
+
+
+def joint_limits_loss(rotations: Tensor, side: Tensor, prior: HandPrior | None = None) -> Tensor:
+    """Joint limits: mean over samples of the sum over the 15 hand joints x (flex, spread,
+    twist) of the squared :func:`manolayer.sampler.limit_violation` (radians^2), in right-hand
+    conventions; every sample. 0 for a pose within the limits.
+
+    Args:
+        rotations: ``(B, 16, 3, 3)`` local rotations of the MANO joints (joint 0 left out).
+        side: ``(B,)`` int64, 0 right, 1 left.
+        prior: the hand model's :class:`HandPrior` (``axes`` = the joints' anatomical frames);
+            None uses :func:`default_hand_prior`.
+    """
+    hand_rotations = _hand_rotations("joint_limits_loss", rotations, side)
+    prior = default_hand_prior() if prior is None else prior
+    violation = limit_violation(matrix_to_axis_angle(hand_rotations), prior.axes)
+    return violation.square().sum((-1, -2)).mean()
+
+
+def shape_prior_loss(betas: Tensor) -> Tensor:
+    """Shape prior: mean over samples and components of ``beta^2`` (``betas`` ``(B, S)``); every sample."""
+    return betas.square().mean(-1).mean()
+
+
+def laplacian_loss(refined: Stages, base: Tensor, faces: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Smoothness of the refinement: per sample, the mean over vertices of
+    ``||L(refined) - L(base)||`` (m), ``L`` the uniform graph Laplacian
+    (:func:`uniform_laplacian`); per refined stage, the mean over the samples with ``mask``.
+
+    ``base`` is detached: the term shapes the refined meshes, never the parametric one.
+
+    Args:
+        refined: refined stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
+        base: ``(B, V, 3)`` the parametric (global) stage's meshes.
+        faces: ``(F, 3)`` vertex indices of each triangle.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b is regularised (it has no mesh label).
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("laplacian_loss", refined, base, mask)
+    base_laplacian = uniform_laplacian(base.detach(), faces)
+    return {
+        stage: masked_mean((uniform_laplacian(vertices, faces) - base_laplacian).norm(dim=-1).mean(-1), mask)
+        for stage, vertices in refined.items()
+    }
+
+
+def closeness_loss(refined: Stages, base: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Closeness of the refinement: per sample, the mean over vertices of ``||refined - base||``
+    (m); per refined stage, the mean over the samples with ``mask``. ``base`` is detached.
+
+    Args:
+        refined: refined stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
+        base: ``(B, V, 3)`` the parametric (global) stage's meshes.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b is regularised (it has no mesh label).
+
+    Returns:
+        stage name -> scalar.
+    """
+    _check_stages("closeness_loss", refined, base, mask)
+    base = base.detach()
+    return {stage: masked_mean((vertices - base).norm(dim=-1).mean(-1), mask) for stage, vertices in refined.items()}
+
+
+def silhouette_loss(
+    vertices: Tensor, faces: Tensor, K: Tensor, image_size: tuple[int, int], label: Tensor, mask: Tensor
+) -> Tensor:
+    """Silhouette error: mean over the pixels of the samples with ``mask`` of
+    ``|soft silhouette - label|`` (:func:`meshrec.render.soft_silhouette`, pytorch3d).
+
+    Renders only the masked samples, so it reads ``mask`` on the host (one sync); with no mask
+    in the batch it gives a 0 connected to ``vertices`` and needs no renderer.
+
+    Args:
+        vertices: ``(B, V, 3)`` the final meshes (vertex v of sample b at ``[b, v]``).
+        faces: ``(F, 3)`` vertex indices of each triangle.
+        K: ``(B, 3, 3)`` intrinsics (pixels of the crop); image_size ``(H, W)``.
+        label: ``(B, 1, H, W)`` label masks in [0, 1], ``label[b, 0, y, x]`` at pixel row y, column x.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has a mask label.
+    """
+    _check_shape("silhouette_loss", "mask", mask, vertices.shape[:1])
+    if not bool(mask.any()):  # one sync, only when the silhouette term is on
+        return _connected_zero(vertices)
+    from meshrec.render import soft_silhouette  # pytorch3d only when the term is used
+
+    rows = mask.nonzero().squeeze(1)
+    coverage = soft_silhouette(vertices.index_select(0, rows), faces, K.index_select(0, rows), image_size)
+    target = label.index_select(0, rows)[:, 0].to(coverage)
+    return (coverage - target).abs().mean()
+
+
+def uncertainty_loss(
+    joints: Stages, log_variance: Stages, label: Tensor, mask: Tensor, distribution: str = "gaussian"
+) -> dict[str, Tensor]:
+    """Uncertainty: per sample, the mean over joints 1..J-1 of the NLL (:func:`uncertainty_nll`)
+    of the root-relative joint error's norm under the predicted variance; per pass, the mean
+    over the samples with ``mask``.
+
+    The joints are detached (the term trains the variance only) and joint 0 is left out (its
+    root-relative error is identically 0).
+
+    Args:
+        joints: pass name -> ``(B, J, 3)`` joints (joint j of sample b at ``[b, j]``).
+        log_variance: pass name -> ``(B, J)`` predicted ``log sigma^2`` (metres^2) of each joint;
+            its passes are the ones computed (each must be in ``joints``).
+        label: ``(B, J, 3)`` label joints (absolute, camera frame).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has 3D joint labels.
+        distribution: ``'gaussian'`` or ``'laplace'``.
+
+    Returns:
+        pass name -> scalar (may be negative: constants are dropped).
+    """
+    _check_stages("uncertainty_loss", joints, label, mask)
+    for stage, values in log_variance.items():
+        _check_shape("uncertainty_loss", f"log_variance[{stage!r}]", values, label.shape[:2])
+    label_relative = label - label[:, :1]
+    per_pass = {}
+    for stage, values in log_variance.items():
+        detached = joints[stage].detach()  # the NLL trains the variance only
+        error = (detached - detached[:, :1] - label_relative).norm(dim=-1)
+        nll = uncertainty_nll(error[:, 1:], values[:, 1:], distribution)
+        per_pass[stage] = masked_mean(nll.mean(-1), mask)
+    return per_pass
+
+
+def gate_loss(
+    vertices: Stages,
+    joints: Stages,
+    exit_logits: Stages,
+    label_vertices: Tensor,
+    label_joints: Tensor,
+    mesh_mask: Tensor,
+    mask: Tensor,
+    epsilon: float,
+) -> dict[str, Tensor]:
+    """Exit gate: per pass, the binary cross-entropy of the exit logit against the detached
+    :func:`gate_targets` ("exit" when the next pass lowers the sample's error by less than
+    ``epsilon``, and at the last pass), averaged over the samples with ``mask``.
+
+    A sample's error is the mean per-vertex distance (m) where ``mesh_mask`` is set, else the
+    mean per-joint distance (absolute, both).
+
+    Args:
+        vertices: pass name -> ``(B, V, 3)`` meshes, every loop pass in order.
+        joints: pass name -> ``(B, J, 3)`` joints, the same passes.
+        exit_logits: pass name -> ``(B,)`` exit logits, the same passes.
+        label_vertices: ``(B, V, 3)`` label meshes, or ``(B, 0, 3)`` when no sample has one.
+        label_joints: ``(B, J, 3)`` label joints.
+        mesh_mask: ``(B,)`` bool, ``mesh_mask[b]``: sample b's error is its mesh's.
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has a label to set its targets by (mesh or
+            3D joints).
+        epsilon: metres.
+
+    Returns:
+        pass name -> scalar.
+    """
+    _check_stages("gate_loss", vertices, label_vertices, mesh_mask, empty_label=True)
+    _check_stages("gate_loss", joints, label_joints, mask)
+    for stage, logit in exit_logits.items():
+        _check_shape("gate_loss", f"exit_logits[{stage!r}]", logit, mask.shape)
+    errors = []
+    for stage in vertices:
+        error = (joints[stage].detach() - label_joints).norm(dim=-1).mean(-1)
+        if label_vertices.shape[1] > 0:
+            vertex_error = (vertices[stage].detach() - label_vertices).norm(dim=-1).mean(-1)
+            error = torch.where(mesh_mask, vertex_error, error)
+        errors.append(error)
+    targets = gate_targets(errors, epsilon)
+    return {
+        stage: masked_mean(F.binary_cross_entropy_with_logits(logit, target, reduction="none"), mask)
+        for (stage, logit), target in zip(exit_logits.items(), targets)
+    }
+
+
+def keypoints2d_loss(
+    joints2d: Tensor,
+    group_joints2d: Tensor,
+    assignment: Tensor,
+    label: Tensor,
+    visible: Tensor,
+    image_size: tuple[int, int],
+) -> dict[str, Tensor]:
+    """The keypoint head's 2D error, as :func:`joints2d_loss`: ``'final'``, its output's mean
+    over the batch's visible joints; ``'groups'``, each joint's group errors weighted by the
+    (detached) share of each group in that joint, same mean.
+
+    Args:
+        joints2d: ``(B, J, 2)`` the head's ``(u, v)`` pixels, joint j of sample b at ``[b, j]``.
+        group_joints2d: ``(B, G, J, 2)`` group g's pixels of joint j at ``[b, g, j]``.
+        assignment: ``(J, G)`` ``assignment[j, g]`` the share of group g in joint j.
+        label: ``(B, J, 2)`` label pixels.
+        visible: ``(B, J)`` bool, ``visible[b, j]``: sample b has 2D labels and joint j is visible.
+        image_size: ``(H, W)`` of the crop.
+    """
+    _check_shape("keypoints2d_loss", "joints2d", joints2d, label.shape)
+    _check_shape("keypoints2d_loss", "visible", visible, label.shape[:2])
+    share = assignment.detach().transpose(0, 1)  # (G, J): share of group g in joint j
+    final = normalized_pixel_error(joints2d, label, image_size)
+    groups = (normalized_pixel_error(group_joints2d, label[:, None], image_size) * share).sum(1)
+    return {"final": masked_mean(final, visible), "groups": masked_mean(groups, visible)}
+
+
+def keypoint_depth_loss(
+    depth: Tensor, group_depth: Tensor, assignment: Tensor, label: Tensor, mask: Tensor
+) -> dict[str, Tensor]:
+    """The keypoint head's root-relative depth L1 (m): ``'final'``, per sample the mean over
+    joints of ``|z - z_0 - (z_label - z_label_0)|``; ``'groups'``, the groups' errors weighted
+    by the (detached) share of each group in each joint; both averaged over the samples with ``mask``.
+
+    Args:
+        depth: ``(B, J)`` the head's depth of joint j of sample b at ``[b, j]`` (metres; joint 0's
+            is subtracted here).
+        group_depth: ``(B, G, J)`` group g's depth of joint j at ``[b, g, j]``.
+        assignment: ``(J, G)`` ``assignment[j, g]`` the share of group g in joint j.
+        label: ``(B, J, 3)`` label joints (absolute, camera frame; z is the depth).
+        mask: ``(B,)`` bool, ``mask[b]``: sample b has 3D joint labels.
+    """
+    _check_shape("keypoint_depth_loss", "depth", depth, label.shape[:2])
+    _check_shape("keypoint_depth_loss", "mask", mask, label.shape[:1])
+    share = assignment.detach().transpose(0, 1)  # (G, J): share of group g in joint j
+    label_depth = (label - label[:, :1])[..., 2]
+    final = (depth - depth[:, :1] - label_depth).abs().mean(-1)
+    relative = group_depth - group_depth[..., :1]
+    groups = ((relative - label_depth[:, None]).abs() * share).sum(1).mean(-1)
+    return {"final": masked_mean(final, mask), "groups": masked_mean(groups, mask)}
+
+
+def keypoint_consistency_loss(pixels: Stages, guide: Tensor, image_size: tuple[int, int]) -> dict[str, Tensor]:
+    """Agreement of the mesh with the keypoint head: per stage, the mean over samples and joints
+    of ``|du| / W + |dv| / H`` between the stage's projected joints and the head's (detached)
+    2D keypoints; every sample (no label needed).
+
+    Args:
+        pixels: stage name -> ``(B, J, 2)`` projected joints (joint j of sample b at ``[b, j]``).
+        guide: ``(B, J, 2)`` the head's pixels.
+        image_size: ``(H, W)`` of the crop.
+
+    Returns:
+        stage name -> scalar.
+    """
+    for stage, values in pixels.items():
+        _check_shape("keypoint_consistency_loss", f"pixels[{stage!r}]", values, guide.shape)
+    guide = guide.detach()
+    return {stage: normalized_pixel_error(values, guide, image_size).mean() for stage, values in pixels.items()}
+
+
+# ---------------------------------------------------------------------------- the loss
 
 
 def _check_inputs(prediction: Prediction, batch: HandBatch, joint_regressor: Tensor, faces: Tensor) -> None:
@@ -489,6 +981,17 @@ def _check_inputs(prediction: Prediction, batch: HandBatch, joint_regressor: Ten
         )
 
 
+def _label_levels(mesh_levels: Callable[[Tensor], list[Tensor]], label: Tensor, count: int) -> list[Tensor]:
+    """The label meshes ``(B, V, 3)`` down-sampled to the ``count`` hierarchy levels, finest
+    first; the empty label ``(B, 0, 3)`` at every level when no sample has a mesh."""
+    if label.shape[1] == 0:
+        return [label] * count
+    levels = mesh_levels(label)
+    if len(levels) != count:
+        raise MeshrecError(f"mesh_levels gave {len(levels)} levels, the prediction has {count}")
+    return levels
+
+
 def hand_losses(
     prediction: Prediction,
     batch: HandBatch,
@@ -501,6 +1004,9 @@ def hand_losses(
     prior: HandPrior | None = None,
 ) -> LossOutput:
     """Every training loss of a :class:`~meshrec.models.reconstructor.Prediction` against a batch.
+
+    Computes the label masks once and composes the term functions (``<term>_loss``) of the
+    terms with a weight > 0, then weights them (warmup applied).
 
     Args:
         prediction: the model's output for ``batch`` (each sample in its own camera frame).
@@ -524,198 +1030,113 @@ def hand_losses(
     weights = {name: getattr(config, name) for name in TERM_NAMES}
     active = {name for name, weight in weights.items() if weight > 0}
     reference = prediction.vertices
-    dtype = reference.dtype
 
     def label(tensor: Tensor) -> Tensor:
-        return tensor.to(dtype=dtype, device=reference.device)
+        return tensor.to(dtype=reference.dtype, device=reference.device)
 
-    has_mesh, has_joints3d, has_joints2d = batch.has_mesh, batch.has_joints3d, batch.has_joints2d
+    # the per-sample masks, once: (B,) each, and (B, 21) for the visible labelled 2D joints
+    has_mesh, has_joints3d, has_mano, has_mask = batch.has_mesh, batch.has_joints3d, batch.has_mano, batch.has_mask
+    visible = batch.joints2d_visible & batch.has_joints2d[:, None]
+    no_mesh = ~has_mesh  # the refinement regularisers keep the meshes of unlabelled samples a hand
+    gated = has_mesh | has_joints3d  # the gate needs an error to set its targets by
+
+    # labels in the prediction's dtype and device; label meshes are (B, 0, 3) when no sample has one
+    label_vertices, label_joints, label_pixels = label(batch.vertices), label(batch.joints3d), label(batch.joints2d)
+
+    # the prediction's stages
     regressor = joint_regressor.to(reference)
     stages = prediction.stage_vertices()
     stage_joints = {name: regressor @ vertices for name, vertices in stages.items()}
     refined = {name: vertices for name, vertices in stages.items() if name != "global"}
+    passes = [f"pass_{index}" for index in range(1, len(prediction.pass_vertices) + 1)]
+    head = prediction.keypoint_head
     image_size = prediction.image_size
-    visible = batch.joints2d_visible & has_joints2d[:, None]
-    mesh_labels = batch.vertices.shape[1] > 0
-    label_vertices = label(batch.vertices) if mesh_labels else None
-    label_joints = label(batch.joints3d)
-    label_relative = label_joints - label_joints[:, :1]
-    label_pixels = label(batch.joints2d)
 
     values: dict[str, Tensor] = {}
     parts: dict[str, Tensor] = {}
 
-    def stage_sum(term: str, per_stage: dict[str, Tensor]) -> None:
-        for stage, value in per_stage.items():
-            parts[f"{term}/{stage}"] = value.detach()
-        values[term] = sum(per_stage.values())
+    def add(term: str, value: Tensor | dict[str, Tensor]) -> None:
+        if isinstance(value, dict):  # per stage: logged under 'term/stage', summed
+            for stage, part in value.items():
+                parts[f"{term}/{stage}"] = part.detach()
+            value = sum(value.values())
+        values[term] = value
 
     # --- mesh labels
     if "vertices" in active:
-        per_stage = {}
-        centred_label = _centred(label_vertices) if mesh_labels else None
-        for stage, vertices in stages.items():
-            if mesh_labels:
-                per_stage[stage] = masked_mean(_centred_l1(vertices, centred_label), has_mesh)
-            else:
-                per_stage[stage] = _connected_zero(vertices)
+        per_stage = vertices_loss(stages, label_vertices, has_mesh)
         coarser = prediction.level_vertices[1:]
         if coarser:
-            targets = mesh_levels(label_vertices) if mesh_labels else None
-            if targets is not None and len(targets) != len(prediction.level_vertices):
-                raise MeshrecError(
-                    f"mesh_levels gave {len(targets)} levels, the prediction has {len(prediction.level_vertices)}"
-                )
+            targets = _label_levels(mesh_levels, label_vertices, len(prediction.level_vertices))
             for level, vertices in enumerate(coarser, start=1):
-                if mesh_labels:
-                    per_stage[f"level_{level}"] = masked_mean(_centred_l1(vertices, _centred(targets[level])), has_mesh)
-                else:
-                    per_stage[f"level_{level}"] = _connected_zero(vertices)
-        stage_sum("vertices", per_stage)
+                per_stage.update(vertices_loss({f"level_{level}": vertices}, targets[level], has_mesh))
+        add("vertices", per_stage)
     if "normals" in active:
-        label_normals = face_normals(label_vertices, faces) if mesh_labels else None
-        per_stage = {}
-        for stage, vertices in stages.items():
-            if mesh_labels:
-                cosine = (face_normals(vertices, faces) * label_normals).sum(-1)
-                per_stage[stage] = masked_mean((1.0 - cosine).mean(-1), has_mesh)
-            else:
-                per_stage[stage] = _connected_zero(vertices)
-        stage_sum("normals", per_stage)
+        add("normals", normals_loss(stages, label_vertices, faces, has_mesh))
     if "edges" in active:
-        edges = _face_structure(faces, reference.shape[1]).edges
-        label_lengths = _edge_lengths(label_vertices, edges) if mesh_labels else None
-        per_stage = {}
-        for stage, vertices in stages.items():
-            if mesh_labels:
-                difference = (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
-                per_stage[stage] = masked_mean(difference, has_mesh)
-            else:
-                per_stage[stage] = _connected_zero(vertices)
-        stage_sum("edges", per_stage)
+        add("edges", edges_loss(stages, label_vertices, mesh_edges(faces, reference.shape[1]), has_mesh))
 
     # --- joints
     if "joints3d" in active:
-        per_stage = {}
-        for stage, joints in stage_joints.items():
-            error = (joints - joints[:, :1] - label_relative).abs().sum(-1).mean(-1)
-            per_stage[stage] = masked_mean(error, has_joints3d)
-        stage_sum("joints3d", per_stage)
+        add("joints3d", joints3d_loss(stage_joints, label_joints, has_joints3d))
     if "root" in active:
-        stage_sum("root", {
-            stage: masked_mean((joints[:, 0] - label_joints[:, 0]).abs().sum(-1), has_joints3d)
-            for stage, joints in stage_joints.items()
-        })  # fmt: skip
-    head = prediction.keypoint_head
-    stage_pixels = None
+        add("root", root_loss(stage_joints, label_joints, has_joints3d))
+    # projected after the 3D joint terms: the order in which autograd nodes are created sets the
+    # order in which backward sums a tensor's gradients, so moving this changes them by rounding
+    stage_pixels = {}
     if "joints2d" in active or ("keypoint_consistency" in active and head is not None):
         stage_pixels = {stage: project_points(joints, prediction.K) for stage, joints in stage_joints.items()}
     if "joints2d" in active:
-        stage_sum("joints2d", {
-            stage: masked_mean(normalized_pixel_error(pixels, label_pixels, image_size), visible)
-            for stage, pixels in stage_pixels.items()
-        })  # fmt: skip
+        add("joints2d", joints2d_loss(stage_pixels, label_pixels, visible, image_size))
 
     # --- MANO parameters and priors
-    rotations = prediction.global_rotations
     if "mano_pose" in active:
-        label_rotations = axis_angle_to_matrix(label(batch.mano_pose).view(-1, 16, 3))
-        error = (rotations - label_rotations).square().sum((-1, -2)).mean(-1)
-        values["mano_pose"] = masked_mean(error, batch.has_mano)
+        add("mano_pose", mano_pose_loss(prediction.global_rotations, label(batch.mano_pose), has_mano))
     if "mano_shape" in active:
-        count = min(prediction.betas.shape[1], batch.mano_betas.shape[1])
-        error = (prediction.betas[:, :count] - label(batch.mano_betas[:, :count])).square().mean(-1)
-        values["mano_shape"] = masked_mean(error, batch.has_mano)
-    if {"pose_prior", "joint_limits"} & active:
-        if prior is None:
-            prior = default_hand_prior()
-        hand_rotations = unmirror_rotations(rotations[:, 1:], prediction.side)
-        if "pose_prior" in active:
-            deviation = (hand_rotations - prior.mean_rotations_like(hand_rotations)).square().sum((-1, -2))
-            values["pose_prior"] = deviation.mean(-1).mean()
-        if "joint_limits" in active:
-            violation = limit_violation(matrix_to_axis_angle(hand_rotations), prior.axes)
-            values["joint_limits"] = violation.square().sum((-1, -2)).mean()
+        add("mano_shape", mano_shape_loss(prediction.betas, label(batch.mano_betas), has_mano))
+    if {"pose_prior", "joint_limits"} & active and prior is None:
+        prior = default_hand_prior()
+    if "pose_prior" in active:
+        add("pose_prior", pose_prior_loss(prediction.global_rotations, prediction.side, prior))
+    if "joint_limits" in active:
+        add("joint_limits", joint_limits_loss(prediction.global_rotations, prediction.side, prior))
     if "shape_prior" in active:
-        values["shape_prior"] = prediction.betas.square().mean(-1).mean()
+        add("shape_prior", shape_prior_loss(prediction.betas))
 
     # --- refinement regularisers (samples without a mesh label)
-    if refined and {"laplacian", "closeness"} & active:
-        base = prediction.global_vertices.detach()
-        no_mesh = ~has_mesh
-        if "laplacian" in active:
-            base_laplacian = uniform_laplacian(base, faces)
-            stage_sum("laplacian", {
-                stage: masked_mean((uniform_laplacian(vertices, faces) - base_laplacian).norm(dim=-1).mean(-1), no_mesh)
-                for stage, vertices in refined.items()
-            })  # fmt: skip
-        if "closeness" in active:
-            stage_sum("closeness", {
-                stage: masked_mean((vertices - base).norm(dim=-1).mean(-1), no_mesh) for stage, vertices in refined.items()
-            })  # fmt: skip
+    if refined and "laplacian" in active:
+        add("laplacian", laplacian_loss(refined, prediction.global_vertices, faces, no_mesh))
+    if refined and "closeness" in active:
+        add("closeness", closeness_loss(refined, prediction.global_vertices, no_mesh))
     if "silhouette" in active:
-        values["silhouette"] = _silhouette(prediction, batch, faces)
+        add("silhouette", silhouette_loss(prediction.vertices, faces, prediction.K, image_size, batch.mask, has_mask))
 
     # --- the loop: uncertainty and gate
-    passes = [f"pass_{index}" for index in range(1, len(prediction.pass_vertices) + 1)]
     if passes and "uncertainty" in active:
-        per_pass = {}
-        for stage, log_variance in zip(passes, prediction.pass_log_variance):
-            joints = stage_joints[stage].detach()  # the NLL trains the variance only
-            error = (joints - joints[:, :1] - label_relative).norm(dim=-1)
-            nll = uncertainty_nll(error[:, 1:], log_variance[:, 1:], config.uncertainty_distribution)
-            per_pass[stage] = masked_mean(nll.mean(-1), has_joints3d)
-        stage_sum("uncertainty", per_pass)
+        add("uncertainty", uncertainty_loss(
+            {stage: stage_joints[stage] for stage in passes}, dict(zip(passes, prediction.pass_log_variance)),
+            label_joints, has_joints3d, config.uncertainty_distribution,
+        ))  # fmt: skip
     if passes and "gate" in active:
-        errors = []
-        for stage in passes:
-            error = (stage_joints[stage].detach() - label_joints).norm(dim=-1).mean(-1)
-            if mesh_labels:
-                vertex_error = (stages[stage].detach() - label_vertices).norm(dim=-1).mean(-1)
-                error = torch.where(has_mesh, vertex_error, error)
-            errors.append(error)
-        targets = gate_targets(errors, config.gate_epsilon_mm / 1000.0)
-        gated = has_mesh | has_joints3d
-        per_pass = {}
-        for stage, logit, target in zip(passes, prediction.pass_exit_logit, targets):
-            bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
-            per_pass[stage] = masked_mean(bce, gated)
-        stage_sum("gate", per_pass)
+        add("gate", gate_loss(
+            {stage: stages[stage] for stage in passes}, {stage: stage_joints[stage] for stage in passes},
+            dict(zip(passes, prediction.pass_exit_logit)), label_vertices, label_joints, has_mesh, gated,
+            config.gate_epsilon_mm / 1000.0,
+        ))  # fmt: skip
 
     # --- keypoint head
     if head is not None:
-        assignment = head.assignment.detach().transpose(0, 1)  # (G, J): share of group g in joint j
         if "keypoints2d" in active:
-            final = normalized_pixel_error(head.joints2d, label_pixels, image_size)
-            groups = (normalized_pixel_error(head.group_joints2d, label_pixels[:, None], image_size) * assignment).sum(1)
-            stage_sum("keypoints2d", {"final": masked_mean(final, visible), "groups": masked_mean(groups, visible)})
+            add("keypoints2d", keypoints2d_loss(
+                head.joints2d, head.group_joints2d, head.assignment, label_pixels, visible, image_size
+            ))  # fmt: skip
         if "keypoint_depth" in active:
-            label_depth = label_relative[..., 2]
-            final = (head.depth - head.depth[:, :1] - label_depth).abs().mean(-1)
-            group_depth = head.group_depth - head.group_depth[..., :1]
-            groups = ((group_depth - label_depth[:, None]).abs() * assignment).sum(1).mean(-1)
-            stage_sum("keypoint_depth", {"final": masked_mean(final, has_joints3d), "groups": masked_mean(groups, has_joints3d)})
+            add("keypoint_depth", keypoint_depth_loss(head.depth, head.group_depth, head.assignment, label_joints, has_joints3d))
         if "keypoint_consistency" in active:
-            guide = head.joints2d.detach()
-            stage_sum("keypoint_consistency", {
-                stage: normalized_pixel_error(pixels, guide, image_size).mean() for stage, pixels in stage_pixels.items()
-            })  # fmt: skip
+            add("keypoint_consistency", keypoint_consistency_loss(stage_pixels, head.joints2d, image_size))
 
     terms = {name: values[name] * (weights[name] * warmup_factor(config, name, step)) for name in TERM_NAMES if name in values}
     total = sum(terms.values()) if terms else _connected_zero(reference)
     for name, value in values.items():
         parts.setdefault(name, value.detach())
     return LossOutput(total=total, terms=terms, parts=parts)
-
-
-def _silhouette(prediction: Prediction, batch: HandBatch, faces: Tensor) -> Tensor:
-    """Mean ``|soft silhouette - mask|`` over the samples with a mask (renders only those)."""
-    if not bool(batch.has_mask.any()):  # one sync, only when the silhouette term is on
-        return _connected_zero(prediction.vertices)
-    from meshrec.render import soft_silhouette  # pytorch3d only when the term is used
-
-    rows = batch.has_mask.nonzero().squeeze(1)
-    vertices = prediction.vertices.index_select(0, rows)
-    coverage = soft_silhouette(vertices, faces, prediction.K.index_select(0, rows), prediction.image_size)
-    target = batch.mask.index_select(0, rows)[:, 0].to(coverage)
-    return (coverage - target).abs().mean()

@@ -13,19 +13,36 @@ from manolayer.sampler import sample_poses
 from meshrec.data.sample import HandBatch, collate_hand_samples, make_hand_sample
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import default_intrinsics, project_points
+from meshrec import losses as losses_module
 from meshrec.losses import (
     TERM_NAMES,
     HandPrior,
     LossConfig,
+    closeness_loss,
     default_hand_prior,
+    edges_loss,
     face_normals,
+    gate_loss,
     gate_targets,
     hand_losses,
+    joints2d_loss,
+    joints3d_loss,
+    keypoint_consistency_loss,
+    keypoint_depth_loss,
+    keypoints2d_loss,
+    laplacian_loss,
+    mano_pose_loss,
+    mano_shape_loss,
     masked_mean,
     mesh_edges,
+    normals_loss,
+    pose_prior_loss,
+    root_loss,
+    uncertainty_loss,
     uncertainty_nll,
     uniform_laplacian,
     unmirror_rotations,
+    vertices_loss,
 )
 from meshrec.models.backbone import BackboneConfig
 from meshrec.models.reconstructor import HandMeshReconstructor, ModelConfig, Prediction
@@ -432,6 +449,159 @@ def test_silhouette_is_zero_without_masks_and_trains_with_one(model):
     out.total.backward()
     assert 0 < float(out.terms["silhouette"].detach()) < 1
     assert vertices.grad[0].abs().sum() > 0 and vertices.grad[1:].abs().sum() == 0
+
+
+# ---------------------------------------------------------------------------- term functions
+
+MASKED_TERMS = (
+    "vertices", "normals", "edges", "joints3d", "root", "joints2d", "mano_pose", "mano_shape", "laplacian", "closeness",
+    "uncertainty", "gate", "keypoints2d", "keypoint_depth",
+)  # fmt: skip
+
+
+def test_every_term_has_its_function():
+    for name in TERM_NAMES:
+        assert callable(getattr(losses_module, f"{name}_loss")), name
+        assert f"{name}_loss" in losses_module.__all__
+
+
+def masked_term(model, term: str):
+    """``(leaf, loss)``: the prediction tensor ``(B, ...)`` (B = 3, sample first) that ``term``
+    trains, and ``loss(leaf, mask) -> scalar``, the term summed over its stages against wrong
+    labels, ``mask`` ``(B,)`` bool the samples that have the label."""
+    prediction, _ = perfect_case(model)
+    generator = torch.Generator().manual_seed(11)
+
+    def noisy(tensor, scale):
+        return tensor + scale * torch.randn(tensor.shape, generator=generator)
+
+    mesh, faces, size = prediction.global_vertices, model.faces, prediction.image_size
+    label_mesh = noisy(mesh, 0.004)
+    label_joints = noisy(model.joint_regressor @ mesh, 0.004)
+    label_pixels = project_points(label_joints, prediction.K)
+    groups = prediction.keypoint_head.group_joints2d.shape[1]
+    assignment = torch.softmax(torch.randn(21, groups, generator=generator), dim=-1)
+    if term in ("vertices", "normals", "edges", "laplacian", "closeness"):
+        leaf = noisy(mesh, 0.003)
+    elif term in ("joints3d", "root"):
+        leaf = noisy(label_joints, 0.01)
+    elif term in ("joints2d", "keypoints2d"):
+        leaf = noisy(label_pixels, 2.0)
+    elif term == "mano_pose":
+        leaf = axis_angle_to_matrix(torch.randn(3, 16, 3, generator=generator) * 0.5)
+    elif term == "mano_shape":
+        leaf = torch.randn(3, 10, generator=generator)
+    elif term == "uncertainty":
+        leaf = torch.randn(3, 21, generator=generator) - 9.0
+    elif term == "gate":
+        leaf = torch.randn(3, generator=generator) * 3.0
+    else:  # keypoint_depth
+        leaf = noisy(label_joints[..., 2], 0.01)
+    leaf = leaf.detach().requires_grad_()
+
+    def total(per_stage):
+        return sum(per_stage.values())
+
+    def loss(values, mask):
+        if term == "vertices":
+            return total(vertices_loss({"a": values, "b": values * 1.01}, label_mesh, mask))
+        if term == "normals":
+            return total(normals_loss({"a": values}, label_mesh, faces, mask))
+        if term == "edges":
+            return total(edges_loss({"a": values}, label_mesh, mesh_edges(faces, mesh.shape[1]), mask))
+        if term == "joints3d":
+            return total(joints3d_loss({"a": values}, label_joints, mask))
+        if term == "root":
+            return total(root_loss({"a": values}, label_joints, mask))
+        if term == "joints2d":
+            return total(joints2d_loss({"a": values}, label_pixels, mask[:, None].expand(-1, 21), size))
+        if term == "mano_pose":
+            return mano_pose_loss(values, torch.randn(3, 48, generator=torch.Generator().manual_seed(2)), mask)
+        if term == "mano_shape":
+            return mano_shape_loss(values, torch.zeros(3, 10), mask)
+        if term == "laplacian":
+            return total(laplacian_loss({"a": values}, label_mesh, faces, mask))
+        if term == "closeness":
+            return total(closeness_loss({"a": values}, label_mesh, mask))
+        if term == "uncertainty":
+            joints = {"pass_1": model.joint_regressor @ mesh}
+            return total(uncertainty_loss(joints, {"pass_1": values}, label_joints, mask))
+        if term == "gate":
+            passes = {"pass_1": label_mesh + 0.01, "pass_2": label_mesh + 0.0102}
+            joints = {name: model.joint_regressor @ vertices for name, vertices in passes.items()}
+            logits = {"pass_1": values, "pass_2": -values}
+            return total(gate_loss(passes, joints, logits, label_mesh, label_joints, mask, mask, 0.001))
+        if term == "keypoints2d":
+            group_pixels = values[:, None].expand(-1, groups, -1, -1) + 1.0
+            return total(keypoints2d_loss(values, group_pixels, assignment, label_pixels, mask[:, None].expand(-1, 21), size))
+        group_depth = values[:, None].expand(-1, groups, -1) * 1.1
+        return total(keypoint_depth_loss(values, group_depth, assignment, label_joints, mask))
+
+    return leaf, loss
+
+
+@pytest.mark.parametrize("term", MASKED_TERMS)
+def test_a_term_without_labelled_samples_is_zero_with_zero_gradients(model, term):
+    leaf, loss = masked_term(model, term)
+    value = loss(leaf, torch.zeros(3, dtype=torch.bool))
+    assert float(value.detach()) == 0.0 and value.requires_grad
+    (gradient,) = torch.autograd.grad(value, leaf)
+    assert torch.equal(gradient, torch.zeros_like(gradient))
+
+
+@pytest.mark.parametrize("term", MASKED_TERMS)
+def test_a_term_trains_only_its_labelled_samples(model, term):
+    leaf, loss = masked_term(model, term)
+    value = loss(leaf, torch.tensor([True, False, True]))
+    assert torch.isfinite(value) and float(value.detach()) != 0.0
+    (gradient,) = torch.autograd.grad(value, leaf)
+    assert torch.isfinite(gradient).all()
+    assert (gradient[1] == 0).all()
+    assert gradient[0].abs().sum() > 0 and gradient[2].abs().sum() > 0
+
+
+def test_the_refinement_regularisers_leave_the_parametric_mesh_alone(model):
+    prediction, _ = perfect_case(model)
+    base = prediction.global_vertices.clone().requires_grad_()
+    refined = (prediction.global_vertices + 0.002 * torch.randn(prediction.global_vertices.shape)).requires_grad_()
+    mask = torch.ones(3, dtype=torch.bool)
+    stages = {"pass_1": refined}
+    value = laplacian_loss(stages, base, model.faces, mask)["pass_1"] + closeness_loss(stages, base, mask)["pass_1"]
+    value.backward()
+    assert base.grad is None and refined.grad.abs().sum() > 0
+
+
+def test_keypoint_consistency_moves_the_mesh_joints_not_the_head(model):
+    prediction, _ = perfect_case(model)
+    pixels = (prediction.joints2d + 3.0).requires_grad_()
+    guide = prediction.joints2d.clone().requires_grad_()
+    value = keypoint_consistency_loss({"global": pixels}, guide, prediction.image_size)["global"]
+    assert float(value.detach()) == pytest.approx(3.0 / SIZE * 2, rel=1e-5)  # 3 px in u and in v at 64 x 64
+    value.backward()
+    assert guide.grad is None and pixels.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m: vertices_loss({"global": torch.zeros(3, 5, 3)}, torch.zeros(3, 5, 3), torch.ones(2, dtype=torch.bool)),
+         r"vertices_loss: mask must have shape \(3,\), got \(2,\)"),
+        (lambda m: normals_loss({"global": torch.zeros(3, 5, 3)}, torch.zeros(3, 4, 3), m.faces, torch.ones(3, dtype=torch.bool)),
+         r"normals_loss: stages\['global'\] must have shape \(3, 4, 3\), got \(3, 5, 3\)"),
+        (lambda m: joints2d_loss({"global": torch.zeros(3, 21, 2)}, torch.zeros(3, 21, 2), torch.ones(3) > 0, (8, 8)),
+         r"joints2d_loss: visible must have shape \(3, 21\), got \(3,\)"),
+        (lambda m: mano_pose_loss(torch.eye(3).expand(3, 16, 3, 3), torch.zeros(3, 45), torch.ones(3, dtype=torch.bool)),
+         r"mano_pose_loss: label_pose must have shape \(3, 48\), got \(3, 45\)"),
+        (lambda m: pose_prior_loss(torch.zeros(3, 16, 9), torch.zeros(3, dtype=torch.long)),
+         r"pose_prior_loss: rotations must have shape \(B, 16, 3, 3\), got \(3, 16, 9\)"),
+        (lambda m: uncertainty_loss({"pass_1": torch.zeros(3, 21, 3)}, {"pass_1": torch.zeros(3, 20)}, torch.zeros(3, 21, 3),
+                                    torch.ones(3, dtype=torch.bool)),
+         r"uncertainty_loss: log_variance\['pass_1'\] must have shape \(3, 21\), got \(3, 20\)"),
+    ],
+)  # fmt: skip
+def test_term_functions_name_wrong_shapes(model, call, message):
+    with pytest.raises(MeshrecError, match=message):
+        call(model)
 
 
 # ---------------------------------------------------------------------------- config and schedule
