@@ -6,16 +6,17 @@ The steps for one image (:func:`prepare_crop`, :func:`predict_crops`, :func:`wri
 1. **Read** it with Pillow (EXIF orientation applied by default, as photo viewers show it).
    Grayscale, palette and CMYK images are converted to RGB, an alpha channel is dropped.
    Images smaller than :data:`MIN_IMAGE_SIDE` pixels on a side are refused.
-2. **Box**: the request's ``box`` or its 2D keypoints' box (both grown to a square by
-   ``box_padding``, as :class:`~meshrec.data.keypoints_json.KeypointsJsonDataset` does), else
-   the whole image made square (the short side padded with black).
+2. **Box**: :func:`meshrec.data.crop.hand_crop_box`, as in
+   :class:`~meshrec.data.keypoints_json.KeypointsJsonDataset`: the request's ``box`` or its
+   visible 2D keypoints' box (both grown to a square by ``box_padding``), else the whole
+   image made square (the short side padded with black).
 3. **Crop** the box and resize it to the model's input size with
    :func:`meshrec.data.crop.crop_image`. Big photos are first reduced by an integer factor
    with a box filter on the cut window only (``PIL.Image.reduce``), so a 50-megapixel photo
    costs about as much as a small one; the pixel map stays exact (see :func:`prepare_crop`).
 4. **Camera**: the request's ``K`` (pixels of the image), else the unknown camera is
    assumed to make the crop span :data:`~meshrec.geometry.camera.DEFAULT_FOV_DEG` across
-   (``default_intrinsics`` of the crop). Either way ``K_crop = transform @ K_image``.
+   (:func:`meshrec.data.crop.image_intrinsics_for_crop`). Either way ``K_crop = transform @ K_image``.
 5. **Run** the model (inference: the gate decides each sample's number of passes), left
    hands flagged as such (the model mirrors them internally; outputs are left hands).
 
@@ -45,15 +46,16 @@ import torch
 from manolayer.io import write_bytes_atomic
 from meshrec.data.crop import (
     DEFAULT_BOX_PADDING,
-    box_from_keypoints,
+    check_box,
+    check_box_padding,
     crop_image,
     crop_transform,
-    full_image_box,
-    square_box,
+    hand_crop_box,
+    image_intrinsics_for_crop,
     transform_points,
 )
 from meshrec.errors import DatasetError, MeshrecError
-from meshrec.geometry.camera import DEFAULT_FOV_DEG, default_intrinsics
+from meshrec.geometry.camera import DEFAULT_FOV_DEG
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -229,15 +231,6 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "img")
 # --------------------------------------------------------------------------- inputs
 
 
-def _check_box(box, where: str) -> np.ndarray | None:
-    if box is None:
-        return None
-    box = np.asarray(box, dtype=np.float64)
-    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
-        raise MeshrecError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {box.tolist()}")
-    return box
-
-
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
         path for path in folder.iterdir()
@@ -273,7 +266,11 @@ def collect_requests(
     if side is not None and side not in ("right", "left"):
         raise MeshrecError(f"side must be 'right' or 'left', got {side!r}")
     default_side = side or "right"
-    default_box = _check_box(box, "box")
+    default_box = None
+    if box is not None:
+        default_box = check_box(box, dtype=torch.float64).cpu().numpy()
+        if default_box.shape != (4,):
+            raise MeshrecError(f"box must be one box [x0, y0, x1, y1] for every image, got shape {default_box.shape}")
     if path.is_dir():
         images = _images_in(path)
         if not images:
@@ -339,17 +336,6 @@ def _open_image(request: ImageRequest, exif_transpose: bool):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _request_box(request: ImageRequest, height: int, width: int, box_padding: float) -> torch.Tensor:
-    if request.box is not None:
-        return square_box(torch.from_numpy(np.asarray(request.box, dtype=np.float64)), box_padding)
-    if request.keypoints2d is not None:
-        visible = torch.from_numpy(np.asarray(request.visible, dtype=bool)) if request.visible is not None else None
-        if visible is None or bool(visible.any()):
-            keypoints = torch.from_numpy(np.asarray(request.keypoints2d, dtype=np.float64))
-            return box_from_keypoints(keypoints, visible, box_padding)
-    return square_box(full_image_box(height, width, dtype=torch.float64))
-
-
 def prepare_crop(
     request: ImageRequest,
     crop_size: int,
@@ -371,7 +357,9 @@ def prepare_crop(
     Raises:
         ImageSkipped: the image is missing, cannot be decoded, is smaller than
             :data:`MIN_IMAGE_SIDE`, or the box does not overlap it.
+        MeshrecError: ``box_padding`` is not a number > 0.
     """
+    box_padding = check_box_padding(box_padding)
     image = _open_image(request, exif_transpose)
     width, height = image.size
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -379,7 +367,16 @@ def prepare_crop(
             request.name, f"image is {width} x {height} pixels; at least {MIN_IMAGE_SIDE} on each side needed"
         )
     try:
-        box = _request_box(request, height, width, box_padding)
+        box = hand_crop_box(
+            (height, width),
+            box=request.box,
+            joints2d=request.keypoints2d,
+            visible=request.visible,
+            padding=box_padding,
+            dtype=torch.float64,
+        )
+        if box.shape != (4,):
+            raise MeshrecError(f"expected one box [x0, y0, x1, y1] per image, got shape {tuple(box.shape)}")
     except MeshrecError as error:
         raise ImageSkipped(request.name, f"no usable box: {error}") from None
     x0, y0, x1, y1 = box.tolist()
@@ -405,7 +402,7 @@ def prepare_crop(
         K_image = torch.from_numpy(np.asarray(request.K, dtype=np.float64))
     else:
         # the unknown camera makes the crop span the default field of view
-        K_image = torch.linalg.inv(transform) @ default_intrinsics(crop_size, default_fov_deg, dtype=torch.float64)
+        K_image = image_intrinsics_for_crop(box, crop_size, default_fov_deg)
     return PreparedCrop(
         request=request,
         image=crop.clamp_(0.0, 1.0),
@@ -651,6 +648,7 @@ def predict_images(
         overlay_renderer: ``'auto'``, ``'gl'`` or ``'matplotlib'`` (:func:`meshrec.viz.overlay_mesh`).
     """
     formats = check_mesh_formats(formats)
+    box_padding = check_box_padding(box_padding)
     if batch_size < 1:
         raise MeshrecError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = Path(out_dir)

@@ -27,6 +27,7 @@ def _box(text: str) -> list[float]:
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     from meshrec.data.crop import DEFAULT_BOX_PADDING
+    from meshrec.geometry.camera import DEFAULT_FOV_DEG
 
     parser = subparsers.add_parser(
         name,
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         description="Crop each image (around --box, a record's box or keypoints, or the whole image), run "
         "the model and write <stem>.obj (+ .ply/.glb with per-vertex uncertainty colours), <stem>.json "
         "(joints in the original image's pixels and in metres, variances, passes used, both K) and with "
-        "--overlay <stem>_overlay.png. Without a known camera, the crop is assumed to span 25 degrees.",
+        f"--overlay <stem>_overlay.png. Without a known camera, the crop is assumed to span {DEFAULT_FOV_DEG:g} "
+        "degrees.",
     )
     parser.add_argument(
         "--checkpoint", type=Path, default=None,

@@ -29,7 +29,6 @@ from meshrec.data import (
 )
 from meshrec.data.augment import identity_augment_params, sample_augment_params
 from meshrec.data.crop import (
-    box_from_keypoints,
     crop_sample,
     crop_transform,
     full_image_box,
@@ -499,16 +498,6 @@ def test_crop_identity_and_downscale_antialias():
     # A photo-sized image with a box: only the window around the box is processed.
     big = crop_image(torch.rand(3, 1500, 2000), torch.tensor([900.0, 600.0, 1300.0, 1000.0]), 32)
     assert big.image.shape == (3, 32, 32)
-
-
-def test_box_from_keypoints_and_errors():
-    joints = torch.tensor([[10.0, 20.0], [30.0, 60.0], [500.0, 500.0]])
-    box = box_from_keypoints(joints, torch.tensor([True, True, False]), padding=1.5)
-    assert box.tolist() == [-10.0, 10.0, 50.0, 70.0]
-    with pytest.raises(ValueError, match="no visible keypoint"):
-        box_from_keypoints(joints, torch.zeros(3, dtype=torch.bool))
-    with pytest.raises(ValueError, match="x1 > x0"):
-        crop_image(torch.zeros(3, 8, 8), torch.tensor([4.0, 0.0, 2.0, 5.0]))
 
 
 def test_crop_sample_maps_mask_and_keypoints(tmp_path):

@@ -84,15 +84,6 @@ def test_project_points_behind_camera_is_finite_with_finite_gradients():
     assert torch.isfinite(uv).all() and torch.isfinite(points.grad).all()
 
 
-def test_default_intrinsics_centre_and_fov():
-    K = default_intrinsics((120, 160), fov_deg=60.0, batch=2, dtype=torch.float64)
-    assert K.shape == (2, 3, 3) and K.dtype == torch.float64
-    assert K[0, 0, 2] == 79.5 and K[0, 1, 2] == 59.5
-    # The longer side's edges (-0.5 and W - 0.5) are at +-30 degrees.
-    edge = project_points(torch.tensor([[[np.tan(np.radians(30.0)), 0.0, 1.0]]], dtype=torch.float64), K[:1])
-    assert abs(edge[0, 0, 0].item() - 159.5) < 1e-9
-
-
 @pytest.mark.parametrize(
     "points, K, match",
     [
@@ -105,13 +96,6 @@ def test_default_intrinsics_centre_and_fov():
 def test_project_points_rejects_bad_input(points, K, match):
     with pytest.raises((ValueError, TypeError), match=match):
         project_points(points, K)
-
-
-def test_default_intrinsics_rejects_bad_input():
-    with pytest.raises(ValueError, match="fov_deg"):
-        default_intrinsics(64, fov_deg=180.0)
-    with pytest.raises(ValueError, match="positive"):
-        default_intrinsics((0, 64))
 
 
 def test_gl_projection_matrix_puts_vertices_at_pixel_centres():

@@ -18,7 +18,10 @@ Downscaling by more than a little blurs the source first (Gaussian, sigma ``(1/s
 source pixels for scale s), on the cut window only, so big photos stay cheap and crops
 do not alias.
 
-This is what both the datasets (training crops) and prediction on a user's photo use.
+This is what both the datasets (training crops) and prediction on a user's photo use, with
+one choice of box (:func:`hand_crop_box`: a known box, else the visible keypoints, else the
+whole image, made square and padded), one box check (:func:`check_box`) and one camera for
+photos whose intrinsics are unknown (:func:`image_intrinsics_for_crop`).
 """
 
 from __future__ import annotations
@@ -31,14 +34,20 @@ import torch
 from meshrec.data.blur import gaussian_blur, gaussian_radius
 from meshrec.data.sample import HandSample
 from meshrec.errors import DatasetError, MeshrecError
+from meshrec.geometry.camera import DEFAULT_FOV_DEG, default_intrinsics, image_height_width
 
 __all__ = [
     "CropResult",
     "DEFAULT_CROP_SIZE",
     "DEFAULT_BOX_PADDING",
+    "MIN_KEYPOINT_BOX_SIDE",
+    "check_box",
+    "check_box_padding",
     "full_image_box",
     "square_box",
     "box_from_keypoints",
+    "hand_crop_box",
+    "image_intrinsics_for_crop",
     "crop_transform",
     "transform_points",
     "transform_intrinsics",
@@ -49,6 +58,8 @@ __all__ = [
 DEFAULT_CROP_SIZE = 128
 # A box this many times the keypoint extent keeps the whole hand (tips, palm edge) in view.
 DEFAULT_BOX_PADDING = 1.5
+# Smallest side (pixels) of a keypoint box: keeps a box for a single or collapsed keypoint set.
+MIN_KEYPOINT_BOX_SIDE = 8.0
 # Below this scale (output pixels per source pixel) the source is blurred before sampling.
 _ANTIALIAS_BELOW_SCALE = 0.9
 
@@ -70,71 +81,263 @@ class CropResult:
     K: torch.Tensor | None
 
 
+def check_box(box, *, name: str = "box", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Check crop boxes and return them as a floating tensor (the one box check in meshrec).
+
+    A box ``[x0, y0, x1, y1]`` gives the *edges* of a region in image pixels, pixel centres
+    at integer coordinates (the whole ``W x H`` image is ``[-0.5, -0.5, W - 0.5, H - 0.5]``).
+    It may reach outside the image; it must be finite with ``x1 > x0`` and ``y1 > y0``.
+
+    Args:
+        box: ``(4,)`` or ``(B, 4)`` (any leading dims): a tensor, array or sequence of numbers.
+        name: what messages call it (``"box"``, ``"labels.jsonl record 3: box"``, ...).
+        dtype: floating dtype of the result; None keeps a floating input's dtype (integers
+            become torch's default dtype).
+
+    Returns:
+        ``(..., 4)`` the boxes, on the input's device (a CPU tensor for arrays and lists).
+
+    Raises:
+        MeshrecError: not numbers, a last dim other than 4, NaN / inf, or ``x1 <= x0`` /
+            ``y1 <= y0``; the message shows the first bad box and how to fix it.
+
+    >>> check_box([0, 0, 10, 5]).tolist()
+    [0.0, 0.0, 10.0, 5.0]
+    """
+    if not isinstance(box, torch.Tensor):
+        try:
+            box = torch.as_tensor(box)
+        except (TypeError, ValueError, RuntimeError):
+            raise MeshrecError(
+                f"{name} must be 4 numbers [x0, y0, x1, y1] (edges in image pixels), got {str(box)[:80]}"
+            ) from None
+    if box.dtype == torch.bool or box.is_complex():
+        raise MeshrecError(f"{name} must hold real numbers [x0, y0, x1, y1], got dtype {box.dtype}")
+    if dtype is not None:
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating point dtype, got {dtype}")
+        box = box.to(dtype)
+    elif not box.is_floating_point():
+        box = box.to(torch.get_default_dtype())
+    if box.ndim == 0 or box.shape[-1] != 4:
+        raise MeshrecError(
+            f"{name} must have shape (4,) or (B, 4) as [x0, y0, x1, y1], got shape {tuple(box.shape)}"
+        )
+    finite = torch.isfinite(box).all(-1)
+    if not bool(finite.all()):
+        raise MeshrecError(f"{name} must be finite (no NaN or inf), got {_first_bad(box, finite, name)}")
+    ordered = (box[..., 2] > box[..., 0]) & (box[..., 3] > box[..., 1])
+    if not bool(ordered.all()):
+        raise MeshrecError(
+            f"{name} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {_first_bad(box, ordered, name)}; "
+            "a box given as [x, y, width, height] is [x, y, x + width, y + height]"
+        )
+    return box
+
+
+def _first_bad(box: torch.Tensor, ok: torch.Tensor, name: str) -> str:
+    """The first box where ``ok`` is False, as ``[...]`` (or ``name[i] = [...]`` when batched)."""
+    if box.ndim == 1:
+        return str(box.tolist())
+    index = tuple(int(i) for i in torch.nonzero(~ok)[0])
+    return f"{name}[{', '.join(map(str, index))}] = {box[index].tolist()}"
+
+
+def check_box_padding(padding: float) -> float:
+    """``padding`` (crop side / box or keypoint extent) as a float.
+
+    Raises:
+        MeshrecError: it is not a finite number > 0.
+    """
+    try:
+        value = float(padding)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(padding, bool) or not math.isfinite(value) or value <= 0:
+        raise MeshrecError(
+            "box padding (crop side / box or keypoint extent) must be a finite number > 0, e.g. 1.0 for no "
+            f"margin or {DEFAULT_BOX_PADDING} (the default), got {padding!r}"
+        )
+    return value
+
+
 def full_image_box(height: int, width: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """``(4,)`` box of a whole ``H x W`` image: ``[-0.5, -0.5, W - 0.5, H - 0.5]``."""
+    """``(4,)`` box of a whole ``H x W`` image: ``[-0.5, -0.5, W - 0.5, H - 0.5]``.
+
+    >>> full_image_box(480, 640).tolist()
+    [-0.5, -0.5, 639.5, 479.5]
+    """
+    height, width = image_height_width((height, width))
     return torch.tensor([-0.5, -0.5, width - 0.5, height - 0.5], dtype=dtype, device=device)
 
 
-def _check_boxes(box: torch.Tensor) -> None:
-    if not isinstance(box, torch.Tensor) or box.shape[-1:] != (4,):
-        shape = tuple(box.shape) if isinstance(box, torch.Tensor) else type(box).__name__
-        raise MeshrecError(f"box must have shape (..., 4) as [x0, y0, x1, y1], got {shape}")
-    if not torch.isfinite(box).all():
-        raise MeshrecError(f"box must be finite, got {box.tolist()}")
-    if ((box[..., 2] <= box[..., 0]) | (box[..., 3] <= box[..., 1])).any():
-        raise MeshrecError(f"box must have x1 > x0 and y1 > y0, got {box.tolist()}")
-
-
 def square_box(box: torch.Tensor, padding: float = 1.0) -> torch.Tensor:
-    """Grow ``(..., 4)`` boxes to squares about their centres, side = padding * longer side.
+    """Grow ``(..., 4)`` boxes (:func:`check_box`) to squares about their centres, side =
+    ``padding`` times the longer side. ``padding`` must be > 0 (:func:`check_box_padding`).
 
     >>> square_box(torch.tensor([0.0, 0.0, 10.0, 4.0]), padding=2.0).tolist()
     [-5.0, -8.0, 15.0, 12.0]
     """
-    _check_boxes(box)
-    if not padding > 0:
-        raise MeshrecError(f"padding must be > 0, got {padding}")
+    box = check_box(box)
+    padding = check_box_padding(padding)
     centre = (box[..., :2] + box[..., 2:]) / 2
     half = (box[..., 2:] - box[..., :2]).amax(-1, keepdim=True) * (padding / 2)
     return torch.cat([centre - half, centre + half], -1)
+
+
+def _keypoints_and_visible(joints2d, visible, dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``joints2d`` as a floating ``(..., N, 2)`` tensor and ``visible`` as a matching bool ``(..., N)``."""
+    joints2d = torch.as_tensor(joints2d)
+    if dtype is not None:
+        joints2d = joints2d.to(dtype)
+    elif not joints2d.is_floating_point():
+        joints2d = joints2d.to(torch.get_default_dtype())
+    if joints2d.ndim < 2 or joints2d.shape[-1] != 2:
+        raise MeshrecError(f"joints2d must have shape (..., N, 2) as (u, v) pixels, got {tuple(joints2d.shape)}")
+    if visible is None:
+        visible = torch.ones(joints2d.shape[:-1], dtype=torch.bool, device=joints2d.device)
+    visible = torch.as_tensor(visible, device=joints2d.device).bool()
+    if visible.shape != joints2d.shape[:-1]:
+        raise MeshrecError(
+            f"visible must have shape {tuple(joints2d.shape[:-1])} (one flag per keypoint of joints2d "
+            f"{tuple(joints2d.shape)}), got {tuple(visible.shape)}"
+        )
+    return joints2d, visible
 
 
 def box_from_keypoints(
     joints2d: torch.Tensor,
     visible: torch.Tensor | None = None,
     padding: float = DEFAULT_BOX_PADDING,
-    min_size: float = 8.0,
+    min_size: float = MIN_KEYPOINT_BOX_SIDE,
 ) -> torch.Tensor:
     """Square box around the (visible) keypoints: centred on their extent, side =
     ``padding`` times the extent's longer side (at least ``min_size`` pixels).
 
     Args:
-        joints2d: ``(..., N, 2)`` pixels ``(u, v)``.
-        visible: ``(..., N)`` bool, keypoints to use (default all).
-        padding: side / keypoint extent.
+        joints2d: ``(..., N, 2)`` pixels ``(u, v)``, pixel centres at integers.
+        visible: ``(..., N)`` bool, keypoints to use (default all); invisible ones may hold
+            anything, NaN included.
+        padding: side / keypoint extent (> 0).
         min_size: smallest side in pixels (keeps a box for a single or collapsed keypoint set).
 
     Returns:
-        ``(..., 4)`` boxes ``[x0, y0, x1, y1]``.
+        ``(..., 4)`` boxes ``[x0, y0, x1, y1]``, dtype of ``joints2d`` (floating).
 
     Raises:
-        ValueError: a sample has no usable (visible) keypoint.
+        MeshrecError: bad shapes or padding, a non-finite visible keypoint, or a sample with
+            no visible keypoint (:func:`hand_crop_box` falls back to the whole image instead).
+
+    >>> box_from_keypoints(torch.tensor([[10.0, 20.0], [30.0, 60.0]]), padding=1.5).tolist()
+    [-10.0, 10.0, 50.0, 70.0]
     """
-    if joints2d.ndim < 2 or joints2d.shape[-1] != 2:
-        raise MeshrecError(f"joints2d must have shape (..., N, 2), got {tuple(joints2d.shape)}")
-    if visible is None:
-        visible = torch.ones(joints2d.shape[:-1], dtype=torch.bool, device=joints2d.device)
-    visible = visible.bool()
-    if visible.shape != joints2d.shape[:-1]:
-        raise MeshrecError(f"visible must have shape {tuple(joints2d.shape[:-1])}, got {tuple(visible.shape)}")
+    joints2d, visible = _keypoints_and_visible(joints2d, visible, None)
+    padding = check_box_padding(padding)
     if not visible.any(-1).all():
-        raise MeshrecError("box_from_keypoints: a sample has no visible keypoint to put a box around")
+        raise MeshrecError(
+            "box_from_keypoints: a sample has no visible keypoint to put a box around; "
+            "use hand_crop_box, which falls back to the whole image"
+        )
+    if not torch.isfinite(joints2d[visible]).all():
+        raise MeshrecError("joints2d has a non-finite (NaN or inf) visible keypoint: fix it or mark it invisible")
     inf = torch.finfo(joints2d.dtype).max
     low = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, inf)).amin(-2)
     high = torch.where(visible[..., None], joints2d, torch.full_like(joints2d, -inf)).amax(-2)
     centre = (low + high) / 2
     half = ((high - low).amax(-1, keepdim=True) * padding).clamp(min=min_size) / 2
     return torch.cat([centre - half, centre + half], -1)
+
+
+def hand_crop_box(
+    image_size: int | tuple[int, int],
+    *,
+    box=None,
+    joints2d=None,
+    visible=None,
+    padding: float = DEFAULT_BOX_PADDING,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The square box a hand is cropped with (datasets and prediction alike), in order of preference:
+
+    1. ``box``, a known hand box, grown to a square about its centre with side ``padding``
+       times its longer side (:func:`square_box`);
+    2. the visible ``joints2d``: a square about the centre of their extent, side ``padding``
+       times the extent's longer side, at least :data:`MIN_KEYPOINT_BOX_SIDE` pixels
+       (:func:`box_from_keypoints`);
+    3. the whole image made square about its centre (the short side padded; ``padding``
+       unused), also for each sample whose keypoints are all invisible.
+
+    Args:
+        image_size: ``H`` (square) or ``(H, W)`` of the image, pixels.
+        box: ``(4,)`` or ``(B, 4)`` ``[x0, y0, x1, y1]`` edges in image pixels (:func:`check_box`).
+        joints2d: ``(N, 2)`` or ``(B, N, 2)`` keypoints ``(u, v)`` in image pixels, pixel centres
+            at integers (any leading dims).
+        visible: ``(N,)`` / ``(B, N)`` bool, which keypoints to use (default all).
+        padding: crop side / box or keypoint extent (> 0).
+        dtype, device: of the result; None takes them from ``box``, else ``joints2d``, else
+            float32 on the CPU.
+
+    Returns:
+        ``(..., 4)`` square boxes ``[x0, y0, x1, y1]`` (edges, image pixels; they may reach
+        outside the image): shaped like ``box``, else one per keypoint set, else ``(4,)``.
+
+    Raises:
+        MeshrecError: a bad box, keypoint or visibility shape, padding or image size.
+
+    >>> hand_crop_box((40, 60)).tolist()
+    [-0.5, -10.5, 59.5, 49.5]
+    >>> hand_crop_box((40, 60), box=[10, 10, 30, 20], padding=1.0).tolist()
+    [10.0, 5.0, 30.0, 25.0]
+    """
+    height, width = image_height_width(image_size)
+    padding = check_box_padding(padding)
+    if box is not None:
+        box = check_box(box, dtype=dtype)
+        return square_box(box.to(device) if device is not None else box, padding)
+    if joints2d is None:
+        return square_box(full_image_box(height, width, dtype=dtype or torch.float32, device=device))
+    joints2d, visible = _keypoints_and_visible(joints2d, visible, dtype)
+    if device is not None:
+        joints2d, visible = joints2d.to(device), visible.to(device)
+    whole = square_box(full_image_box(height, width, dtype=joints2d.dtype, device=joints2d.device))
+    has_keypoints = visible.any(-1, keepdim=True)  # (..., 1)
+    if not bool(has_keypoints.any()):
+        return whole.expand(*joints2d.shape[:-2], 4).clone()
+    # samples without a visible keypoint get a (discarded) box around all of theirs, then the whole image
+    usable = torch.where(has_keypoints[..., None], joints2d, torch.zeros_like(joints2d))
+    keypoint_box = box_from_keypoints(usable, visible | ~has_keypoints, padding)
+    return torch.where(has_keypoints, keypoint_box, whole)
+
+
+def image_intrinsics_for_crop(
+    box: torch.Tensor,
+    output_size: int | tuple[int, int] = DEFAULT_CROP_SIZE,
+    fov_deg: float = DEFAULT_FOV_DEG,
+) -> torch.Tensor:
+    """Intrinsics, in pixels of the *image*, of the camera assumed when the real one is unknown.
+
+    It is the camera whose crop of ``box`` (resized to ``output_size``, :func:`crop_image`)
+    has exactly :func:`~meshrec.geometry.camera.default_intrinsics` ``(output_size, fov_deg)``:
+    the crop spans ``fov_deg`` across its longer side, principal point at its centre. For a
+    square box of side ``s`` that is ``f = s / (2 tan(fov_deg / 2))`` with the principal point
+    at the box centre ``((x0 + x1) / 2, (y0 + y1) / 2)``.
+
+    Args:
+        box: ``(4,)`` or ``(B, 4)`` ``[x0, y0, x1, y1]`` edges in image pixels (:func:`check_box`).
+        output_size: ``S`` or ``(S_h, S_w)`` of the crop.
+        fov_deg: field of view of the crop's longer side, degrees.
+
+    Returns:
+        ``(3, 3)`` or ``(B, 3, 3)``, dtype and device of ``box`` (computed in float64).
+
+    >>> K = image_intrinsics_for_crop(torch.tensor([10.0, 20.0, 110.0, 120.0]), 64)
+    >>> [round(v, 2) for v in K[0].tolist()], K[1, 2].item()
+    ([225.54, 0.0, 60.0], 70.0)
+    """
+    box = check_box(box)
+    K_crop = default_intrinsics(output_size, fov_deg, dtype=torch.float64, device=box.device)
+    return (torch.linalg.inv(crop_transform(box.double(), output_size)) @ K_crop).to(box.dtype)
 
 
 def crop_transform(box: torch.Tensor, output_size: int | tuple[int, int] = DEFAULT_CROP_SIZE) -> torch.Tensor:
@@ -146,7 +349,7 @@ def crop_transform(box: torch.Tensor, output_size: int | tuple[int, int] = DEFAU
     >>> crop_transform(torch.tensor([-0.5, -0.5, 9.5, 9.5]), 5)[0].tolist()
     [0.5, 0.0, -0.25]
     """
-    _check_boxes(box)
+    box = check_box(box)
     out_h, out_w = _output_hw(output_size)
     scale_x = out_w / (box[..., 2] - box[..., 0])
     scale_y = out_h / (box[..., 3] - box[..., 1])
@@ -257,9 +460,7 @@ def crop_image(
     unbatched = image.ndim == 3
     images = image[None] if unbatched else image
     batch = images.shape[0]
-    box = torch.as_tensor(
-        box, dtype=torch.float64 if images.dtype == torch.float64 else torch.float32, device=images.device
-    )
+    box = check_box(box, dtype=torch.float64 if images.dtype == torch.float64 else torch.float32).to(images.device)
     boxes = box.expand(batch, 4) if box.ndim == 1 else box
     if boxes.shape != (batch, 4):
         raise MeshrecError(f"box must have shape ({batch}, 4) or (4,), got {tuple(box.shape)}")
@@ -286,22 +487,22 @@ def crop_sample(
 ) -> HandSample:
     """Crop a :class:`HandSample` around its hand and resize it to ``output_size``.
 
-    The box is, in order of preference: ``box`` (grown to a square, times ``padding``),
-    the visible 2D keypoints' extent (times ``padding``), the whole image (``padding``
-    ignored). Image and mask are warped, ``joints2d`` mapped, ``K`` updated; 3D labels are
+    The box is :func:`hand_crop_box`'s: ``box`` (grown to a square, times ``padding``), else
+    the visible 2D keypoints' extent (times ``padding``), else the whole image (``padding``
+    unused). Image and mask are warped, ``joints2d`` mapped, ``K`` updated; 3D labels are
     unchanged (cropping moves the image, not the camera's centre).
 
     Raises:
-        DatasetError: the box is invalid (message names the sample's source and index).
+        DatasetError: the box or padding is invalid (message names the sample's source and index).
     """
-    height, width = sample.image_size
     try:
-        if box is not None:
-            crop_box = square_box(torch.as_tensor(box, dtype=torch.float32), padding)
-        elif sample.has_joints2d and bool(sample.joints2d_visible.any()):
-            crop_box = box_from_keypoints(sample.joints2d, sample.joints2d_visible, padding)
-        else:
-            crop_box = full_image_box(height, width)
+        crop_box = hand_crop_box(
+            sample.image_size,
+            box=box,
+            joints2d=sample.joints2d if sample.has_joints2d else None,
+            visible=sample.joints2d_visible if sample.has_joints2d else None,
+            padding=padding,
+        )
         result = crop_image(sample.image, crop_box, output_size, sample.K)
     except ValueError as error:
         raise DatasetError(

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from meshrec.data.base import DEFAULT_MAX_OUTSIDE, HandDataset, check_keypoints_in_image, label_problems
-from meshrec.data.crop import DEFAULT_BOX_PADDING, DEFAULT_CROP_SIZE, box_from_keypoints, crop_sample, full_image_box
+from meshrec.data.crop import DEFAULT_BOX_PADDING, DEFAULT_CROP_SIZE, check_box_padding, crop_sample, hand_crop_box
 from meshrec.data.images import load_image, load_mask
 from meshrec.data.sample import MANO_BETAS_DIM, MANO_POSE_DIM, HandSample, make_hand_sample
 from meshrec.errors import DatasetError
@@ -208,8 +208,9 @@ class FreiHandDataset(HandDataset):
             'sample', 'auto')`` / number 0-3, or a list of them. The evaluation split has
             only version 0.
         crop_size: side of the square output images; None keeps the native size.
-        crop_from: ``'image'`` (resize the whole image) or ``'keypoints'`` (box around the
-            projected joints, times ``box_padding``).
+        crop_from: ``'image'`` (resize the whole image, made square) or ``'keypoints'`` (box
+            around the projected joints, times ``box_padding``; see
+            :func:`~meshrec.data.crop.hand_crop_box`).
         box_padding: keypoint box side / keypoint extent.
         load_vertices: read ``S_verts.json`` (the largest file); False gives has_mesh False.
         load_masks: read ``S/mask`` images when present.
@@ -250,7 +251,7 @@ class FreiHandDataset(HandDataset):
             raise ValueError(f"the evaluation split has only version 0 ('gs'), got version={version!r}")
         self.crop_size = crop_size
         self.crop_from = crop_from
-        self.box_padding = box_padding
+        self.box_padding = check_box_padding(box_padding)
         self.load_vertices = load_vertices
         self.load_masks = load_masks
         self.max_outside = max_outside
@@ -435,8 +436,6 @@ class FreiHandDataset(HandDataset):
             return sample
         if self.crop_from == "image" and sample.image_size == (self.crop_size, self.crop_size):
             return sample  # already the size asked for (e.g. a synthetic set): resampling would only blur
-        if self.crop_from == "keypoints" and sample.has_joints2d:
-            box = box_from_keypoints(sample.joints2d, sample.joints2d_visible, self.box_padding)
-        else:
-            box = full_image_box(*sample.image_size)
-        return crop_sample(sample, self.crop_size, box=box, padding=1.0)
+        if self.crop_from == "keypoints":  # the visible keypoints' box, else the whole image
+            return crop_sample(sample, self.crop_size, padding=self.box_padding)
+        return crop_sample(sample, self.crop_size, box=hand_crop_box(sample.image_size), padding=1.0)

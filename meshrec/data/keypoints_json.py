@@ -27,7 +27,8 @@ Unknown keys are an error (a misspelt key must not silently drop a label).
 
 The hand is cropped and resized to ``crop_size`` (default 128): around ``box`` if given,
 else around the visible keypoints; the box is made square and grown by ``box_padding``
-(1.5), and may reach outside the image (filled with zeros). Without both, the whole image.
+(1.5), and may reach outside the image (filled with zeros). Without both (or with no
+visible keypoint), the whole image (:func:`meshrec.data.crop.hand_crop_box`).
 
 Without ``K`` the intrinsics default to :func:`meshrec.geometry.camera.default_intrinsics`
 of the *crop*: the crop the network sees is assumed to span ``DEFAULT_FOV_DEG`` (25 degrees)
@@ -55,16 +56,16 @@ from meshrec.data.base import DEFAULT_MAX_OUTSIDE, HandDataset, check_keypoints_
 from meshrec.data.crop import (
     DEFAULT_BOX_PADDING,
     DEFAULT_CROP_SIZE,
-    box_from_keypoints,
+    check_box,
+    check_box_padding,
     crop_sample,
-    crop_transform,
-    full_image_box,
-    square_box,
+    hand_crop_box,
+    image_intrinsics_for_crop,
 )
 from meshrec.data.images import image_size_of, load_image
 from meshrec.data.sample import MANO_BETAS_DIM, MANO_POSE_DIM, NUM_JOINTS, HandSample, make_hand_sample
 from meshrec.sides import side_to_flag
-from meshrec.errors import DatasetError
+from meshrec.errors import DatasetError, MeshrecError
 from meshrec.geometry.camera import DEFAULT_FOV_DEG, default_intrinsics, project_points
 
 __all__ = ["KeypointsJsonDataset", "KeypointRecord", "parse_keypoint_record", "read_keypoint_records", "RECORD_KEYS"]
@@ -179,8 +180,11 @@ def parse_keypoint_record(record: object, base: Path, where: str) -> KeypointRec
         raise DatasetError(f"{where}: side must be 'right' or 'left', got {side!r}") from None
 
     box = _array(record, "box", (4,), where)
-    if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
-        raise DatasetError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0, got {box.tolist()}")
+    if box is not None:
+        try:
+            check_box(torch.from_numpy(box))
+        except MeshrecError as error:
+            raise DatasetError(f"{where}: {error}") from None
 
     found = label_problems(
         K=K[None] if K is not None else None,
@@ -265,7 +269,7 @@ class KeypointsJsonDataset(HandDataset):
             raise ValueError(f"crop_size must be a positive int or None, got {crop_size!r}")
         self.path = Path(path)
         self.crop_size = crop_size
-        self.box_padding = box_padding
+        self.box_padding = check_box_padding(box_padding)
         self.max_outside = max_outside
         self.exif_transpose = exif_transpose
         self.default_fov_deg = default_fov_deg
@@ -313,28 +317,26 @@ class KeypointsJsonDataset(HandDataset):
                         "and K in pixels of this image?"
                     )
 
-    def _crop_box(self, record: KeypointRecord, height: int, width: int) -> torch.Tensor:
-        if record.box is not None:
-            return square_box(torch.from_numpy(record.box), self.box_padding)
-        if record.joints2d is not None and record.visible.any():
-            return box_from_keypoints(
-                torch.from_numpy(record.joints2d), torch.from_numpy(record.visible), self.box_padding
-            )
-        return square_box(full_image_box(height, width))
-
     def _load(self, position: int) -> HandSample:
         index = int(self._item_ids[position])
         record = self.records[index]
         image = load_image(record.image, index, exif_transpose=self.exif_transpose)
         height, width = image.shape[-2:]
-        box = self._crop_box(record, height, width) if self.crop_size is not None else None
+        box = None
+        if self.crop_size is not None:
+            box = hand_crop_box(
+                (height, width),
+                box=record.box,
+                joints2d=record.joints2d,
+                visible=record.visible,
+                padding=self.box_padding,
+            )
         if record.K is not None:
             K = torch.from_numpy(record.K)
-        elif self.crop_size is not None:
-            # The default describes the crop; express it in full-image pixels so that the
-            # crop below turns it back into exactly default_intrinsics(crop_size).
-            K_crop = default_intrinsics(self.crop_size, self.default_fov_deg, dtype=torch.float64)
-            K = (torch.linalg.inv(crop_transform(box.double(), self.crop_size)) @ K_crop).float()
+        elif box is not None:
+            # The default describes the crop; in full-image pixels, so that the crop below
+            # turns it back into default_intrinsics(crop_size).
+            K = image_intrinsics_for_crop(box, self.crop_size, self.default_fov_deg)
         else:
             K = default_intrinsics((height, width), self.default_fov_deg)
         sample = make_hand_sample(

@@ -75,7 +75,9 @@ def default_intrinsics(
         f = max(H, W) / (2 * tan(fov_deg / 2))
 
     The default (25 degrees) makes a 20 cm hand fill the crop at about 0.45 m; for a
-    224 x 224 crop it gives f ≈ 505 px, close to FreiHAND's typical focal lengths.
+    224 x 224 crop it gives f ≈ 505 px, close to FreiHAND's typical focal lengths. This is
+    the one place meshrec turns a field of view into intrinsics; the same camera in pixels
+    of the photo a crop was cut from is :func:`meshrec.data.crop.image_intrinsics_for_crop`.
 
     Args:
         image_size: ``H`` for a square image, or ``(H, W)`` in pixels.
