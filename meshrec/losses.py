@@ -110,10 +110,12 @@ from manolayer.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from manolayer.sampler import HandAxes, hand_axes, limit_violation
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import project_points
+from meshrec.geometry.normals import face_normals
+from meshrec.sides import SIDE_LEFT
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from meshrec.data.sample import HandBatch
-    from meshrec.models.reconstructor import Prediction
+    from meshrec.models.prediction import Prediction
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -163,14 +165,12 @@ TERM_NAMES: tuple[str, ...] = (
 
 DISTRIBUTIONS: tuple[str, ...] = ("gaussian", "laplace")
 
-SIDE_LEFT = 1
 _SQRT2 = math.sqrt(2.0)
 # Added under square roots of squared lengths: a zero-length edge keeps a finite gradient.
 _LENGTH_EPS_SQ = 1e-18
 # Face normals are n / max(|n|, eps) with |n| = twice the face area (m^2). Hand faces have
 # |n| ~ 1e-5 (the open hand's smallest 5e-7), so they get exact unit normals, while a degenerate
 # face's gradient stays bounded (by 1 / eps) instead of exploding.
-_NORMAL_EPS = 1e-8
 
 
 @dataclass
@@ -330,18 +330,6 @@ def normalized_pixel_error(pixels: Tensor, target: Tensor, image_size: tuple[int
     return difference[..., 0] / width + difference[..., 1] / height
 
 
-def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
-    """Unit normals ``(B, F, 3)`` of the faces ``(F, 3)`` of meshes ``(B, V, 3)`` (metres).
-
-    ``n = (v1 - v0) x (v2 - v0)`` divided by ``max(|n|, 1e-8)``: unit length for any face wider
-    than about 0.1 mm, shorter for smaller ones (the zero vector for a degenerate face), with
-    bounded gradients.
-    """
-    corners = vertices[:, faces]  # (B, F, 3 corners, 3 xyz)
-    normal = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
-    return F.normalize(normal, dim=-1, eps=_NORMAL_EPS)
-
-
 @dataclass(frozen=True)
 class _FaceStructure:
     """Per faces tensor: unique edges and the padded neighbour table of the uniform Laplacian."""
@@ -489,7 +477,7 @@ def warmup_factor(config: LossConfig, term: str, step: int) -> float:
 # scalar. :func:`hand_losses` computes the masks once and composes the terms.
 
 Stages = Mapping[str, Tensor]
-"""Stage name -> tensor, in stage order (see :meth:`~meshrec.models.reconstructor.Prediction.stage_vertices`)."""
+"""Stage name -> tensor, in stage order (see :meth:`~meshrec.models.prediction.Prediction.stage_vertices`)."""
 
 
 def _centred(vertices: Tensor) -> Tensor:
@@ -1003,7 +991,7 @@ def hand_losses(
     faces: Tensor,
     prior: HandPrior | None = None,
 ) -> LossOutput:
-    """Every training loss of a :class:`~meshrec.models.reconstructor.Prediction` against a batch.
+    """Every training loss of a :class:`~meshrec.models.prediction.Prediction` against a batch.
 
     Computes the label masks once and composes the term functions (``<term>_loss``) of the
     terms with a weight > 0, then weights them (warmup applied).

@@ -30,6 +30,7 @@ import numpy as np
 
 from manolayer.joints import OPENPOSE_FINGERS
 from meshrec.errors import MeshrecError
+from meshrec.geometry.normals import face_normals
 
 PALM_VIEW: tuple[float, float] = (0.0, -90.0)
 BACK_VIEW: tuple[float, float] = (0.0, 90.0)
@@ -65,9 +66,7 @@ def view_direction(view: tuple[float, float]) -> np.ndarray:
 
 def face_shading(vertices: np.ndarray, faces: np.ndarray, light: np.ndarray) -> np.ndarray:
     """(F,) Lambert brightness in [AMBIENT, 1] of each face, lit from direction ``light`` (3,)."""
-    corners = vertices[faces]  # (F, 3 corners, 3)
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    normals = face_normals(np.asarray(vertices, dtype=np.float64), faces)
     return AMBIENT + (1 - AMBIENT) * np.clip(normals @ (light / np.linalg.norm(light)), 0.0, 1.0)
 
 
@@ -380,8 +379,7 @@ def _render_matplotlib(vertices, faces, K, height: int, width: int, albedo) -> t
     corners, face_ids = corners[in_front], np.flatnonzero(in_front)
     projected = corners @ K.T
     pixels = projected[..., :2] / projected[..., 2:]  # (F, 3, 2) u, v
-    normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-20)
+    normals = face_normals(np.asarray(vertices, dtype=np.float64), faces)[in_front]
     centroids = corners.mean(axis=1)
     # as the GL shader does: the visible side of a triangle is lit, whatever its winding
     normals *= np.where(np.einsum("fi,fi->f", normals, -centroids) < 0, -1.0, 1.0)[:, None]

@@ -613,7 +613,9 @@ def test_warmup_ramps_a_weight_linearly(model):
     config = LossConfig(warmup={"vertices": 100})
     at = {step: float(losses(model, prediction, moved, config, step=step).terms["vertices"]) for step in (0, 50, 100, 400)}
     assert at[0] == 0.0 and at[50] == pytest.approx(at[100] / 2) and at[400] == pytest.approx(at[100]) and at[100] > 0
-    assert float(losses(model, prediction, moved, config, step=0).terms["edges"]) >= 0  # others unaffected
+    stretched = dataclasses.replace(batch, vertices=batch.vertices * 1.05)  # edges 5 % longer
+    edges = [float(losses(model, prediction, stretched, config, step=step).terms["edges"]) for step in (0, 400)]
+    assert edges[0] > 0 and edges[0] == edges[1]  # a term without a warm-up has its full weight from step 0
 
 
 @pytest.mark.parametrize(

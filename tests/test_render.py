@@ -14,7 +14,6 @@ import torch
 
 from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.render import RendererUnavailableError, get_renderer, gl_available
-from meshrec.render.base import vertex_normals
 from meshrec.render.cameras import opencv_to_gl_projection
 
 try:
@@ -188,16 +187,6 @@ def test_gl_batch_tiles_match_single_renders_and_per_vertex_colours():
     assert many.rgb.shape == (70, 12, 16, 3)
     np.testing.assert_array_equal(many.rgb[69], many.rgb[0])
     assert many.mask[0].any() and (many.rgb[0][~many.mask[0]] == [0, 0, 255]).all()
-
-
-@needs_gl
-def test_gl_numpy_normals_match_torch_normals():
-    from meshrec.render.gl import GLRenderer
-
-    vertices, faces = hand_sized_capsule()
-    reference = vertex_normals(vertices[None].double(), faces).numpy()
-    ours = GLRenderer()._vertex_normals(vertices[None].numpy(), faces.numpy())
-    np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
 def _render_in_worker(index: int) -> np.ndarray:

@@ -39,7 +39,6 @@ __all__ = [
     "RendererUnavailableError",
     "Shading",
     "prepare_render_inputs",
-    "vertex_normals",
 ]
 
 # Uniform albedo when no per-vertex colours are given: a light skin tone, linear [0, 1].
@@ -195,27 +194,3 @@ def prepare_render_inputs(
             f"got {tuple(colors.shape)}"
         )
     return RenderInputs(vertices, faces, K, colors, height, width)
-
-
-def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals, outward for counter-clockwise (from outside) faces.
-
-    Args:
-        vertices: ``(B, V, 3)``.
-        faces: ``(F, 3)`` int64.
-
-    Returns:
-        ``(B, V, 3)`` unit normals; a vertex used by no (non-degenerate) face gets (0, 0, -1),
-        pointing at the camera.
-    """
-    corners = vertices[:, faces]  # (B, F, 3 corners, 3)
-    # The cross product's length is twice the area: summing it weights faces by area.
-    edge_1, edge_2 = corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]
-    face_normals = torch.linalg.cross(edge_1, edge_2)  # (B, F, 3)
-    summed = torch.zeros_like(vertices)
-    for corner in range(3):
-        summed.index_add_(1, faces[:, corner], face_normals)
-    length = summed.norm(dim=-1, keepdim=True)
-    towards_camera = torch.tensor([0.0, 0.0, -1.0], dtype=vertices.dtype, device=vertices.device)
-    unit = summed / length.clamp(min=torch.finfo(vertices.dtype).tiny)
-    return torch.where(length > 0, unit, towards_camera)

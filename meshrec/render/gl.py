@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from meshrec.errors import MeshrecError
+from meshrec.geometry.normals import vertex_normals
 from meshrec.render.base import (
     DEFAULT_AMBIENT,
     DEFAULT_LIGHT_DIR,
@@ -270,38 +271,6 @@ class GLRenderer:
         self._index_faces: np.ndarray | None = None
         self._index_meshes = 0
         self._index_num_vertices = 0
-        self._normal_key: tuple[int, int] | None = None
-        self._normal_faces: np.ndarray | None = None
-        self._face_to_vertex = None
-
-    def _vertex_normals(self, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        """``meshrec.render.base.vertex_normals`` in numpy with a cached sparse scatter.
-
-        torch's scatter (index_add_) is slow here when its thread pool competes with
-        llvmpipe's threads for the cores; one sparse product is cheap and single-threaded.
-        """
-        batch, num_vertices = vertices.shape[:2]
-        key = (num_vertices, faces.shape[0])
-        if self._normal_key != key or not np.array_equal(self._normal_faces, faces):
-            columns = np.repeat(np.arange(faces.shape[0]), 3)
-            import scipy.sparse  # only for this cache, built once per topology
-
-            self._face_to_vertex = scipy.sparse.csr_matrix(
-                (np.ones(faces.size, dtype=np.float32), (faces.reshape(-1), columns)),
-                shape=(num_vertices, faces.shape[0]),
-            )
-            self._normal_key, self._normal_faces = key, faces.copy()
-        corners = vertices[:, faces]  # (B, F, 3 corners, 3)
-        edge_1, edge_2 = corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0]
-        face_normals = np.cross(edge_1, edge_2)  # (B, F, 3), length = twice the area
-        # (V, F) @ (F, B*3): area-weighted sums of the adjacent face normals.
-        face_columns = face_normals.transpose(1, 0, 2).reshape(faces.shape[0], batch * 3)
-        summed = self._face_to_vertex @ face_columns
-        summed = summed.reshape(num_vertices, batch, 3).transpose(1, 0, 2)
-        length = np.linalg.norm(summed, axis=-1, keepdims=True)
-        normals = np.divide(summed, length, out=np.zeros_like(summed), where=length > 0)
-        normals[length[..., 0] == 0] = (0.0, 0.0, -1.0)  # unused vertex: face the camera
-        return normals
 
     def _ensure_program(self, ctx, lit: bool) -> None:
         if self._resources_context is not ctx:
@@ -416,7 +385,7 @@ class GLRenderer:
         vertices_np = inputs.vertices.detach().to("cpu", torch.float32).numpy()
         batch, num_vertices = vertices_np.shape[:2]
         colors_np = inputs.colors.detach().to("cpu", torch.float32).numpy()
-        normals_np = self._vertex_normals(vertices_np, faces_np) if lit else None
+        normals_np = vertex_normals(vertices_np, faces_np) if lit else None
         intrinsics = inputs.K.detach().cpu().numpy()
         projections = opencv_to_gl_projection(intrinsics, (height, width), self.near, self.far)
         num_indices = faces_np.size

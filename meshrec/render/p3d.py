@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from meshrec.errors import MeshrecError
+from meshrec.geometry.normals import face_normals, vertex_normals
 from meshrec.render.base import (
     DEFAULT_AMBIENT,
     DEFAULT_LIGHT_DIR,
@@ -28,7 +29,6 @@ from meshrec.render.base import (
     RenderOutput,
     Shading,
     prepare_render_inputs,
-    vertex_normals,
 )
 from meshrec.render.cameras import opencv_to_pytorch3d_cameras
 
@@ -155,12 +155,11 @@ class Pytorch3DRenderer:
             per_pixel = interpolate_face_attributes(
                 fragments.pix_to_face, fragments.bary_coords, attributes[packed_faces]
             )[..., 0, :]  # (B, H, W, 9)
-            corners = vertices_f.reshape(-1, 3)[packed_faces]  # (B F, 3 corners, 3)
-            face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+            packed_face_normals = face_normals(vertices_f, inputs.faces, unit=False).reshape(-1, 3)  # (B F, 3)
             colour = _shade(
                 positions=per_pixel[..., 0:3],
                 normals=per_pixel[..., 3:6],
-                face_normals=face_normals[face_index.clamp(min=0)],
+                face_normals=packed_face_normals[face_index.clamp(min=0)],
                 albedo=per_pixel[..., 6:9],
                 shading=shading,
             )
