@@ -144,7 +144,7 @@ def _old_label_text(entry: np.ndarray) -> str:
 def test_label_text_parses_to_the_same_doubles_as_json_dumps(shape, spread):
     import json
 
-    from meshrec.data.synthetic.scene import _json_entries
+    from meshrec.data.synthetic.labels import _json_entries
 
     rng = np.random.default_rng(0)
     values = rng.normal(0.0, spread, shape).astype(np.float32).astype(np.float64)
@@ -158,7 +158,7 @@ def test_label_text_parses_to_the_same_doubles_as_json_dumps(shape, spread):
 
 
 def test_label_text_rejects_non_finite_values():
-    from meshrec.data.synthetic.scene import _json_entries
+    from meshrec.data.synthetic.labels import _json_entries
 
     with pytest.raises(MeshrecError, match="finite"):
         _json_entries(np.array([[0.5, np.nan]]))
@@ -167,7 +167,7 @@ def test_label_text_rejects_non_finite_values():
 def test_enlarging_matrix_is_pils_bicubic_resize():
     from PIL import Image
 
-    from meshrec.data.synthetic.scene import _enlarging_matrix
+    from meshrec.data.synthetic.backgrounds import _enlarging_matrix
 
     grid = np.random.default_rng(1).random((7, 7)).astype(np.float32)
     enlarge = _enlarging_matrix(7, 64)
@@ -236,10 +236,10 @@ def _labels_and_masks_match(root: Path, reference: Path) -> None:
 
 
 def test_interrupted_run_keeps_a_valid_set_and_resumes_to_the_same_labels(tmp_path, monkeypatch, written):
-    import meshrec.data.synthetic.scene as synthetic
+    import meshrec.data.synthetic.pool as pool
 
     root = tmp_path / "interrupted"
-    real_write_images = synthetic._write_images
+    real_write_images = pool._write_images
     calls = []
 
     def interrupted_write_images(*args):
@@ -249,11 +249,11 @@ def test_interrupted_run_keeps_a_valid_set_and_resumes_to_the_same_labels(tmp_pa
             raise KeyboardInterrupt
         real_write_images(*args)
 
-    monkeypatch.setattr(synthetic, "_write_images", interrupted_write_images)
+    monkeypatch.setattr(pool, "_write_images", interrupted_write_images)
     with pytest.raises(KeyboardInterrupt):
         _write(root, 20, workers=1, batch_size=3, flush_every=5)
     assert _assert_valid_committed_set(root) == {"training": 6, "evaluation": 0}  # commits after chunks 2 and 4
-    monkeypatch.setattr(synthetic, "_write_images", real_write_images)
+    monkeypatch.setattr(pool, "_write_images", real_write_images)
     _write(root, 20, workers=1, batch_size=3, flush_every=5)
     _assert_valid_committed_set(root)
     _labels_and_masks_match(root, written)
@@ -287,7 +287,7 @@ def test_label_files_without_a_manifest_are_refused(tmp_path):
 def test_signals_wait_for_the_commit():
     import signal
 
-    from meshrec.data.synthetic.scene import _signals_deferred
+    from meshrec.data.synthetic.interrupts import _signals_deferred
 
     reached_end = False
     with pytest.raises(KeyboardInterrupt):
