@@ -12,7 +12,7 @@ from meshrec.data.synthetic.images import _remove_uncommitted_images
 from meshrec.data.synthetic.interrupts import _signals_deferred, _sigterm_stops_the_run
 from meshrec.data.synthetic.labels import _LABEL_NAMES
 from meshrec.data.synthetic.manifest import _FIXED_SETTINGS, _committed_state, _manifest, _SplitLabels
-from meshrec.data.synthetic.pool import _chunk_results
+from meshrec.data.synthetic.pool import WorkerSettings, _chunk_results
 from meshrec.data.synthetic.scene import HandSynthesizer
 from meshrec.data.synthetic.timing import _PhaseClock
 from meshrec.errors import MeshrecError
@@ -50,6 +50,10 @@ def split_counts(num: int, eval_fraction: float) -> dict[str, int]:
     return {"training": num - evaluation, "evaluation": evaluation}
 
 
+def _absolute(path: str | os.PathLike | None) -> Path | None:
+    return None if path is None else Path(os.path.abspath(path))
+
+
 def write_synthetic_dataset(
     root: str | os.PathLike,
     num: int,
@@ -69,18 +73,24 @@ def write_synthetic_dataset(
     The first ``num - round(num * eval_fraction)`` samples go to ``training``, the rest to
     ``evaluation``. Samples already present (committed by ``manifest.json``) are kept; only
     missing ones are rendered, so re-running with a larger ``num`` extends the set and an
-    interrupted run resumes. Chunks of ``batch_size`` samples are rendered by ``workers``
-    forked processes (1: in this process, with torch single-threaded meanwhile); this
-    process appends their labels to the label files every ``flush_every`` samples and at
-    the end, syncs the disks, then commits the new counts and file lengths in the
-    manifest. Ctrl-C or SIGTERM wait for a commit in progress; after an interruption the
+    interrupted run resumes. Chunks of ``batch_size`` samples are rendered by up to
+    ``workers`` worker processes (1: in this process, with torch single-threaded meanwhile);
+    this process appends their labels to the label files every ``flush_every`` samples and
+    at the end, syncs the disks, then commits the new counts and file lengths in the
+    manifest. The files do not depend on ``workers``.
+
+    Workers are started with the ``spawn`` method (fresh interpreters that load the hand
+    model and open their GL context themselves), so the writer is safe to call from any
+    host process, a Jupyter kernel or one with busy threads included; starting them takes a
+    second or two. As with any spawned process, a script that calls this with
+    ``workers > 1`` must do so under ``if __name__ == '__main__':``. Ctrl-C or SIGTERM wait for a commit in progress; after an interruption the
     data set holds exactly the committed samples (a killed run's leftovers are removed by
     the next run).
 
     Raises:
         MeshrecError: bad arguments, or ``root`` holds a data set made with other settings
             (seed, size, eval_fraction, model, generator version) or with more samples, or
-            label files without a manifest.
+            label files without a manifest, or a worker process died or could not start.
     """
     from tqdm import tqdm
 
@@ -159,11 +169,23 @@ def write_synthetic_dataset(
         for start in range(labels[split].count, target, batch_size)
     ]
     total = sum(len(indices) for _, indices in tasks)
+    settings = WorkerSettings(
+        size=size,
+        seed=seed,
+        # absolute paths (not resolved: a model's file name may declare its side), so that
+        # workers find the same files whatever the current folder is when they start
+        model=_absolute(model) if isinstance(model, (str, os.PathLike)) else model,
+        backgrounds=_absolute(backgrounds),
+        model_hash=synthesizer.model_hash,
+        num_background_images=len(synthesizer.background_images),
+        root=_absolute(root),
+        parent=os.getpid(),
+    )
     since_commit = 0
     try:
         for split in targets:
             _remove_uncommitted_images(root, split, labels[split].count)
-        with _sigterm_stops_the_run(), _chunk_results(synthesizer, root, tasks, workers) as results, tqdm(
+        with _sigterm_stops_the_run(), _chunk_results(synthesizer, tasks, workers, settings) as results, tqdm(
             total=total, unit="img", desc="synth", disable=not progress
         ) as bar:
             for result in results:
