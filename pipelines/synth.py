@@ -1,6 +1,7 @@
 """``meshrec synth``: write (or extend) a synthetic hand data set in the FreiHAND layout.
 
     meshrec synth --out data/synth --num 20000 --size 128 --seed 0 [--eval-fraction 0.1] [--backgrounds FOLDER]
+                  [--workers 2]
 
 Re-running with a larger ``--num`` (same other settings) renders only the missing samples.
 """
@@ -11,6 +12,18 @@ import argparse
 from pathlib import Path
 
 SHEET_SAMPLES = 24
+DEFAULT_WORKERS = 2  # write_synthetic_dataset's default (not imported: --help stays free of torch)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (the message names what was given and what is expected)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}; use 1 to write in this process")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -29,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--backgrounds", type=Path, default=None, help="folder of images to crop backgrounds from")
     parser.add_argument("--model", type=Path, default=None, help="MANO-format right hand (.pkl/.npz); default: the open hand")
     parser.add_argument("--contact-sheet", type=Path, default=None, help="also draw the first training samples with keypoints to this PNG")
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=DEFAULT_WORKERS,
+        help=f"worker processes that render (default: {DEFAULT_WORKERS}; 1: render in this process); "
+        "the files do not depend on it",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -45,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         backgrounds=args.backgrounds,
         model=args.model,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     print(f"{summary.root}: {summary.counts} samples ({summary.rendered} rendered now)")
     if args.contact_sheet is not None:
