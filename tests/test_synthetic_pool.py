@@ -202,3 +202,14 @@ def test_broken_pool_becomes_a_meshrec_error():
     assert next(chunks) == 1
     with pytest.raises(MeshrecError, match="stopped unexpectedly .*a worker died.*workers=1"):
         next(chunks)
+
+
+def test_a_worker_with_another_model_refuses_to_render(tmp_path):
+    from meshrec.data.synthetic.pool import WorkerSettings, _worker_synthesizer
+
+    settings = WorkerSettings(
+        size=32, seed=0, model=None, backgrounds=None, model_hash="not-this-model",
+        num_background_images=0, root=tmp_path, parent=os.getpid(),
+    )
+    with pytest.raises(MeshrecError, match="found model content hash .* but the run started with 'not-this-model'"):
+        _worker_synthesizer(settings)

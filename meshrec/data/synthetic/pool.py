@@ -144,8 +144,9 @@ def _torch_threads(count: int) -> Iterator[None]:
 def _sigint_ignored() -> Iterator[None]:
     """Ignore Ctrl-C while worker processes are launched (milliseconds): they inherit the
     disposition and keep it while they import, so a Ctrl-C then stops only the parent, which
-    stops them, instead of printing a traceback from each. Only the main thread can do this."""
-    if threading.current_thread() is not threading.main_thread():
+    stops them, instead of printing a traceback from each. Only the main thread can do this,
+    and only with a handler set from Python (one set outside Python could not be restored)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
