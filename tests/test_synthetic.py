@@ -239,7 +239,7 @@ def test_interrupted_run_keeps_a_valid_set_and_resumes_to_the_same_labels(tmp_pa
     import meshrec.data.synthetic.pool as pool
 
     root = tmp_path / "interrupted"
-    real_write_images = pool._write_images
+    real_write_images = pool.write_images
     calls = []
 
     def interrupted_write_images(*args):
@@ -249,11 +249,11 @@ def test_interrupted_run_keeps_a_valid_set_and_resumes_to_the_same_labels(tmp_pa
             raise KeyboardInterrupt
         real_write_images(*args)
 
-    monkeypatch.setattr(pool, "_write_images", interrupted_write_images)
+    monkeypatch.setattr(pool, "write_images", interrupted_write_images)
     with pytest.raises(KeyboardInterrupt):
         _write(root, 20, workers=1, batch_size=3, flush_every=5)
     assert _assert_valid_committed_set(root) == {"training": 6, "evaluation": 0}  # commits after chunks 2 and 4
-    monkeypatch.setattr(pool, "_write_images", real_write_images)
+    monkeypatch.setattr(pool, "write_images", real_write_images)
     _write(root, 20, workers=1, batch_size=3, flush_every=5)
     _assert_valid_committed_set(root)
     _labels_and_masks_match(root, written)
@@ -287,11 +287,11 @@ def test_label_files_without_a_manifest_are_refused(tmp_path):
 def test_signals_wait_for_the_commit():
     import signal
 
-    from meshrec.data.synthetic.interrupts import _signals_deferred
+    from meshrec.data.synthetic.interrupts import signals_deferred
 
     reached_end = False
     with pytest.raises(KeyboardInterrupt):
-        with _signals_deferred():
+        with signals_deferred():
             signal.raise_signal(signal.SIGINT)
             reached_end = True
     assert reached_end

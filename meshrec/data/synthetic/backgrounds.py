@@ -19,7 +19,7 @@ from meshrec.errors import MeshrecError
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _list_background_images(folder: str | os.PathLike | None) -> list[Path]:
+def list_background_images(folder: str | os.PathLike | None) -> list[Path]:
     if folder is None:
         return []
     folder = Path(folder)

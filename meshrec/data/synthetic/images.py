@@ -14,7 +14,7 @@ from meshrec.data.synthetic.scene import SynthBatch
 JPEG_QUALITY = 95
 
 
-def _write_images(root: Path, split: str, indices: Sequence[int], batch: SynthBatch) -> None:
+def write_images(root: Path, split: str, indices: Sequence[int], batch: SynthBatch) -> None:
     """JPEG files of the chunk's images and masks, written in place.
 
     Not atomic on purpose: a file counts only once the manifest commits its sample, after a
@@ -32,7 +32,7 @@ def _write_images(root: Path, split: str, indices: Sequence[int], batch: SynthBa
                 handle.write(encoded.getbuffer())
 
 
-def _remove_uncommitted_images(root: Path, split: str, count: int) -> None:
+def remove_uncommitted_images(root: Path, split: str, count: int) -> None:
     """Delete ``%08d.jpg`` images and masks numbered ``count`` or more (left by an interrupted run):
     :class:`~meshrec.data.freihand.FreiHandDataset` would take them for a second colour version."""
     for folder in (root / split / "rgb", root / split / "mask"):

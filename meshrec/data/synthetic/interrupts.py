@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold SIGINT/SIGTERM while the label files and the manifest are updated, then deliver them.
 
     Only the main thread can set handlers; elsewhere this does nothing.
@@ -30,7 +30,7 @@ def _signals_deferred() -> Iterator[None]:
 
 
 @contextmanager
-def _sigterm_stops_the_run() -> Iterator[None]:
+def sigterm_stops_the_run() -> Iterator[None]:
     """While the writer runs, SIGTERM raises SystemExit (in the main thread, where the default
     action would kill the process between two files): the run then stops as on Ctrl-C,
     removing the images of uncommitted samples. A handler the caller set is left alone."""

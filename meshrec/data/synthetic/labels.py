@@ -85,10 +85,10 @@ def _json_entries(values: np.ndarray) -> bytes:
     return text.tobytes()[:-1].translate(None, b" ")
 
 
-_LABEL_NAMES = ("K", "xyz", "verts", "mano", "side")
+LABEL_NAMES = ("K", "xyz", "verts", "mano", "side")
 
 
-def _label_texts(batch: SynthBatch) -> dict[str, bytes]:
+def label_texts(batch: SynthBatch) -> dict[str, bytes]:
     """The chunk's entries of each label file, comma-joined JSON (FreiHAND keeps mano as [[61]])."""
     return {
         "K": _json_entries(batch.K),

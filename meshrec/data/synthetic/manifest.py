@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshrec.data.synthetic.labels import _LABEL_NAMES
+from meshrec.data.synthetic.labels import LABEL_NAMES
 from meshrec.data.synthetic.scene import GENERATOR_VERSION, HandSynthesizer
 from meshrec.errors import MeshrecError
 
 
-class _SplitLabels:
+class SplitLabels:
     """One split's label files (JSON lists), appended to in place at each commit.
 
     ``sizes`` are the committed byte lengths (what the manifest records); entries staged
@@ -20,21 +20,21 @@ class _SplitLabels:
     def __init__(self, root: Path, split: str, count: int, sizes: dict[str, int] | None) -> None:
         from manolayer.io import write_bytes_atomic
 
-        self.paths = {name: root / f"{split}_{name}.json" for name in _LABEL_NAMES}
+        self.paths = {name: root / f"{split}_{name}.json" for name in LABEL_NAMES}
         self.count = count
-        self.staged: dict[str, list[bytes]] = {name: [] for name in _LABEL_NAMES}
+        self.staged: dict[str, list[bytes]] = {name: [] for name in LABEL_NAMES}
         self.staged_count = 0
         if count == 0:
             for path in self.paths.values():
                 write_bytes_atomic(path, b"[]")
-            self.sizes = {name: 2 for name in _LABEL_NAMES}
+            self.sizes = {name: 2 for name in LABEL_NAMES}
             return
         self.sizes = dict(sizes)
         for name, path in self.paths.items():
             _restore_committed(path, self.sizes[name])
 
     def stage(self, texts: dict[str, bytes], count: int) -> None:
-        for name in _LABEL_NAMES:
+        for name in LABEL_NAMES:
             self.staged[name].append(texts[name])
         self.staged_count += count
 
@@ -79,7 +79,7 @@ def _restore_committed(path: Path, size: int) -> None:
         os.fsync(handle.fileno())
 
 
-def _manifest(
+def manifest_record(
     synthesizer: HandSynthesizer,
     eval_fraction: float,
     counts: dict[str, int],
@@ -103,10 +103,10 @@ def _manifest(
 
 
 # settings a resumed run must share with the first run (the same samples need the same settings)
-_FIXED_SETTINGS = ("generator_version", "seed", "image_size", "eval_fraction", "model_content_hash", "num_background_images")
+FIXED_SETTINGS = ("generator_version", "seed", "image_size", "eval_fraction", "model_content_hash", "num_background_images")
 
 
-def _committed_state(manifest: dict, split: str, manifest_path: Path) -> tuple[int, dict[str, int] | None]:
+def committed_state(manifest: dict, split: str, manifest_path: Path) -> tuple[int, dict[str, int] | None]:
     """``(count, label file sizes)`` of ``split`` that ``manifest`` commits."""
     count = manifest.get("counts", {}).get(split, 0)
     sizes = manifest.get("label_bytes", {}).get(split)
@@ -115,7 +115,7 @@ def _committed_state(manifest: dict, split: str, manifest_path: Path) -> tuple[i
             f"{manifest_path}: counts.{split} must be a non-negative int, got {count!r}; use a new folder"
         )
     sizes_ok = isinstance(sizes, dict) and all(
-        isinstance(sizes.get(name), int) and sizes[name] >= 2 for name in _LABEL_NAMES
+        isinstance(sizes.get(name), int) and sizes[name] >= 2 for name in LABEL_NAMES
     )
     if count and not sizes_ok:
         raise MeshrecError(f"{manifest_path}: no label_bytes for the {count} {split} samples; use a new folder")

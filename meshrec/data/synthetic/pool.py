@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from meshrec.data.synthetic.images import _write_images
-from meshrec.data.synthetic.labels import _label_texts
+from meshrec.data.synthetic.images import write_images
+from meshrec.data.synthetic.labels import label_texts
 from meshrec.data.synthetic.scene import HandSynthesizer
-from meshrec.data.synthetic.timing import _PhaseClock
+from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
 
 # a fresh interpreter per worker: no lock of the host's threads is copied into it (see above)
@@ -121,11 +121,11 @@ def _make_chunk(task: tuple[str, list[int]]) -> _ChunkResult:
 def _render_chunk(synthesizer: HandSynthesizer, root: Path, task: tuple[str, list[int]]) -> _ChunkResult:
     """Render chunk ``task = (split, indices)``, write its images under ``root``, format its labels."""
     split, indices = task
-    clock = _PhaseClock()
+    clock = PhaseClock()
     batch = synthesizer._render(split, indices, clock)
-    _write_images(root, split, indices, batch)
+    write_images(root, split, indices, batch)
     clock.lap("images")
-    texts = _label_texts(batch)
+    texts = label_texts(batch)
     clock.lap("labels")
     return _ChunkResult(split, len(indices), texts, clock.seconds, clock.cpu_seconds)
 
@@ -171,7 +171,7 @@ def _reraise_broken_pool(results: Iterator[_ChunkResult]) -> Iterator[_ChunkResu
 
 
 @contextmanager
-def _chunk_results(
+def chunk_results(
     synthesizer: HandSynthesizer,
     tasks: list[tuple[str, list[int]]],
     workers: int,

@@ -9,18 +9,18 @@ sensor noise. Every random number of sample ``i`` comes from ``(seed, split, i)`
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse
 import torch
 
-from meshrec.data.synthetic.backgrounds import _list_background_images, make_background
-from meshrec.data.synthetic.timing import _PhaseClock
+from meshrec.data.synthetic.backgrounds import list_background_images, make_background
+from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
+from meshrec.geometry.camera import default_intrinsics
+from meshrec.geometry.normals import vertex_normals
 
 _PLACEMENT_ITERATIONS = 4
 
@@ -176,34 +176,9 @@ class HandSynthesizer:
         # the shape components the model really has (the open hand: 4 of 10)
         self.num_real_betas = int(np.count_nonzero(np.abs(right.shapedirs).reshape(-1, right.num_betas).max(0)))
         self.faces = self.layers["right"].faces.long()
-        self.background_images = _list_background_images(backgrounds)
-        # vertex normal = sum of its faces' area-weighted normals: one sparse (V, F) product
-        faces = self.faces.numpy()
-        self._faces_np = faces
-        self._vertex_faces = scipy.sparse.csr_matrix(
-            (np.ones(faces.size, dtype=np.float32), (faces.ravel(), np.repeat(np.arange(len(faces)), 3))),
-            shape=(right.num_vertices, len(faces)),
-        )
+        self.background_images = list_background_images(backgrounds)
         self._renderer = None
         self._block_cache: dict = {}
-
-    def _vertex_normals(self, planes: np.ndarray) -> np.ndarray:
-        """``(3, B, V)`` unit area-weighted vertex normals of ``(3, B, V)`` vertex coordinates
-        (x, y, z planes of B meshes; outward for the models' winding)."""
-        faces = self._faces_np
-        first, second, third = planes[:, :, faces[:, 0]], planes[:, :, faces[:, 1]], planes[:, :, faces[:, 2]]
-        along, across = second - first, third - first  # (3, B, F) edges
-        face_normals = np.stack(
-            [
-                along[1] * across[2] - along[2] * across[1],
-                along[2] * across[0] - along[0] * across[2],
-                along[0] * across[1] - along[1] * across[0],
-            ]
-        )  # length = twice the area: the sum below weights faces by area
-        num_faces = faces.shape[0]
-        summed = (face_normals.reshape(-1, num_faces) @ self._vertex_faces.T).reshape(planes.shape)
-        length = np.sqrt((summed * summed).sum(0))
-        return summed / np.maximum(length, 1e-12)
 
     @property
     def renderer(self):
@@ -232,9 +207,9 @@ class HandSynthesizer:
 
     def render(self, split: str, indices: Sequence[int]) -> SynthBatch:
         """Render samples ``indices`` of ``split`` (``'training'``, ``'evaluation'`` or ``'online'``)."""
-        return self._render(split, indices, _PhaseClock())
+        return self._render(split, indices, PhaseClock())
 
-    def _render(self, split: str, indices: Sequence[int], clock: _PhaseClock) -> SynthBatch:
+    def _render(self, split: str, indices: Sequence[int], clock: PhaseClock) -> SynthBatch:
         from manolayer.sampler import angles_to_hand_pose
 
         if split not in SPLIT_CODES:
@@ -278,7 +253,8 @@ class HandSynthesizer:
 
         # camera: focal length from the field of view, hand centre placed at a depth that
         # gives it the sampled projected radius, shifted from the image centre
-        focal = torch.tensor([p["focal"] for p in params])
+        K = torch.stack([default_intrinsics(size, p["fov_deg"]) for p in params])  # (B, 3, 3)
+        focal = K[:, 0, 0]
         centre = (vertices.amax(1) + vertices.amin(1)) / 2  # (B, 3) box centre of the posed hand
         radius = (vertices[..., :2] - centre[:, None, :2]).norm(dim=-1).amax(1)  # metres, in the image plane
         radius_px = torch.tensor([p["radius_px"] for p in params])
@@ -296,11 +272,6 @@ class HandSynthesizer:
         transl = target.double() - centre
         vertices = (vertices + transl[:, None]).float()
         joints = (joints + transl[:, None]).float()
-        principal = (size - 1) / 2.0
-        K = torch.zeros(batch, 3, 3)
-        K[:, 0, 0] = K[:, 1, 1] = focal
-        K[:, 0, 2] = K[:, 1, 2] = principal
-        K[:, 2, 2] = 1.0
         mano = torch.cat([global_orient, hand_pose, betas_t, transl], dim=1).float()
         clock.lap("pose")
 
@@ -333,7 +304,7 @@ class HandSynthesizer:
         ``(3, B, V)``: numpy is slow at broadcasting over a last axis of 3.
         """
         planes = np.ascontiguousarray(vertices.transpose(2, 0, 1))  # (3, B, V)
-        normals = self._vertex_normals(planes)
+        normals = np.ascontiguousarray(vertex_normals(vertices, self.faces).transpose(2, 0, 1))
         distance = np.maximum(np.sqrt((planes * planes).sum(0)), 1e-9)  # (B, V)
         view = -planes / distance  # towards the camera
         # a visible surface faces the camera: turn normals that point away (the far side,
@@ -359,7 +330,7 @@ class HandSynthesizer:
 
     def _scene_parameters(self, rng: np.random.Generator) -> dict:
         size = self.size
-        fov = math.radians(rng.uniform(*FOV_DEG_RANGE))
+        fov_deg = rng.uniform(*FOV_DEG_RANGE)
         # towards the key light: from the camera's side of the hand, up to 68 degrees off its axis
         light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), -rng.uniform(*KEY_LIGHT_DEPTH_RANGE)])
         tone = rng.uniform(0, len(SKIN_TONES) - 1)
@@ -368,7 +339,7 @@ class HandSynthesizer:
         skin = SKIN_TONES[low] + (tone - low) * (SKIN_TONES[high] - SKIN_TONES[low])
         skin = np.clip(skin * rng.uniform(*SKIN_CHANNEL_JITTER, 3), 0, 1)  # a little hue variation
         return {
-            "focal": size / (2 * math.tan(fov / 2)),
+            "fov_deg": fov_deg,
             "radius_px": rng.uniform(*HAND_RADIUS_FRACTION) * size,
             "shift_px": rng.uniform(-CENTRE_SHIFT_FRACTION, CENTRE_SHIFT_FRACTION, 2) * size,
             "light": light / np.linalg.norm(light),

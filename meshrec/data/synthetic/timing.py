@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 
-class _PhaseClock:
+class PhaseClock:
     """Wall and CPU seconds per named phase, summed over calls (the benchmark's breakdown)."""
 
     def __init__(self) -> None:

@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshrec.data.synthetic.images import _remove_uncommitted_images
-from meshrec.data.synthetic.interrupts import _signals_deferred, _sigterm_stops_the_run
-from meshrec.data.synthetic.labels import _LABEL_NAMES
-from meshrec.data.synthetic.manifest import _FIXED_SETTINGS, _committed_state, _manifest, _SplitLabels
-from meshrec.data.synthetic.pool import WorkerSettings, _chunk_results
+from meshrec.data.synthetic.images import remove_uncommitted_images
+from meshrec.data.synthetic.interrupts import signals_deferred, sigterm_stops_the_run
+from meshrec.data.synthetic.labels import LABEL_NAMES
+from meshrec.data.synthetic.manifest import FIXED_SETTINGS, committed_state, manifest_record, SplitLabels
+from meshrec.data.synthetic.pool import WorkerSettings, chunk_results
 from meshrec.data.synthetic.scene import HandSynthesizer
-from meshrec.data.synthetic.timing import _PhaseClock
+from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
 
 DEFAULT_BATCH_SIZE = 64
@@ -115,8 +115,8 @@ def write_synthetic_dataset(
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise MeshrecError(f"{manifest_path}: cannot read ({error}); use a new folder") from None
-        wanted = _manifest(synthesizer, float(eval_fraction), targets, backgrounds)
-        for key in _FIXED_SETTINGS:
+        wanted = manifest_record(synthesizer, float(eval_fraction), targets, backgrounds)
+        for key in FIXED_SETTINGS:
             if previous.get(key) != wanted[key]:
                 raise MeshrecError(
                     f"{root} was made with {key}={previous.get(key)!r} but this run has {key}={wanted[key]!r}; "
@@ -128,7 +128,7 @@ def write_synthetic_dataset(
             raise MeshrecError(
                 f"{root} holds {foreign[0]} but no manifest.json: not a data set this writer made; use a new folder"
             )
-    committed = {split: _committed_state(previous, split, manifest_path) for split in targets}
+    committed = {split: committed_state(previous, split, manifest_path) for split in targets}
     for split, target in targets.items():
         if committed[split][0] > target:
             raise MeshrecError(
@@ -142,15 +142,15 @@ def write_synthetic_dataset(
         (root / split / "mask").mkdir(parents=True, exist_ok=True)
     if not previous:
         # the manifest first: label files without one would read as someone else's folder
-        empty = {split: {name: 2 for name in _LABEL_NAMES} for split in targets}
-        start = _manifest(synthesizer, float(eval_fraction), {split: 0 for split in targets}, backgrounds, empty)
+        empty = {split: {name: 2 for name in LABEL_NAMES} for split in targets}
+        start = manifest_record(synthesizer, float(eval_fraction), {split: 0 for split in targets}, backgrounds, empty)
         write_bytes_atomic(manifest_path, (json.dumps(start, indent=2) + "\n").encode())
-    labels = {split: _SplitLabels(root, split, *committed[split]) for split in targets}
-    clock = _PhaseClock()
+    labels = {split: SplitLabels(root, split, *committed[split]) for split in targets}
+    clock = PhaseClock()
 
     def commit() -> None:
         clock.restart()
-        with _signals_deferred():
+        with signals_deferred():
             for split_labels in labels.values():
                 split_labels.append_staged()
             if hasattr(os, "sync"):
@@ -159,7 +159,7 @@ def write_synthetic_dataset(
                 os.sync()
             counts = {split: labels[split].count for split in targets}
             sizes = {split: dict(labels[split].sizes) for split in targets}
-            manifest = _manifest(synthesizer, float(eval_fraction), counts, backgrounds, sizes)
+            manifest = manifest_record(synthesizer, float(eval_fraction), counts, backgrounds, sizes)
             write_bytes_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         clock.lap("commit")
 
@@ -184,8 +184,8 @@ def write_synthetic_dataset(
     since_commit = 0
     try:
         for split in targets:
-            _remove_uncommitted_images(root, split, labels[split].count)
-        with _sigterm_stops_the_run(), _chunk_results(synthesizer, tasks, workers, settings) as results, tqdm(
+            remove_uncommitted_images(root, split, labels[split].count)
+        with sigterm_stops_the_run(), chunk_results(synthesizer, tasks, workers, settings) as results, tqdm(
             total=total, unit="img", desc="synth", disable=not progress
         ) as bar:
             for result in results:
@@ -200,7 +200,7 @@ def write_synthetic_dataset(
     finally:
         # images of samples no commit names (an error or Ctrl-C stopped the run) are removed
         for split in targets:
-            _remove_uncommitted_images(root, split, labels[split].count)
+            remove_uncommitted_images(root, split, labels[split].count)
     return SynthSummary(
         root=root,
         counts={split: labels[split].count for split in targets},
