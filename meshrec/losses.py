@@ -511,6 +511,15 @@ def _check_stages(term: str, stages: Stages, label: Tensor, mask: Tensor, empty_
         _check_shape(term, f"stages[{stage!r}]", values, expected)
 
 
+def _per_stage_mesh_term(term: str, stages: Stages, label: Tensor, mask: Tensor, per_sample) -> dict[str, Tensor]:
+    """The shared frame of the mesh terms: check, a graph-connected 0 per stage when no sample
+    has a label mesh, else ``masked_mean(per_sample(stage mesh) (B,), mask)`` per stage."""
+    _check_stages(term, stages, label, mask, empty_label=True)
+    if label.shape[1] == 0:
+        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
+    return {stage: masked_mean(per_sample(vertices), mask) for stage, vertices in stages.items()}
+
+
 def vertices_loss(stages: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Vertex L1 of centred meshes: how far each stage's hand shape is from the label mesh (m).
 
@@ -528,11 +537,8 @@ def vertices_loss(stages: Stages, label: Tensor, mask: Tensor) -> dict[str, Tens
     Returns:
         stage name -> scalar.
     """
-    _check_stages("vertices_loss", stages, label, mask, empty_label=True)
-    if label.shape[1] == 0:
-        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
-    centred_label = _centred(label)
-    return {stage: masked_mean(_centred_l1(vertices, centred_label), mask) for stage, vertices in stages.items()}
+    centred_label = _centred(label) if label.shape[1] else label
+    return _per_stage_mesh_term("vertices_loss", stages, label, mask, lambda vertices: _centred_l1(vertices, centred_label))
 
 
 def normals_loss(stages: Stages, label: Tensor, faces: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -550,15 +556,12 @@ def normals_loss(stages: Stages, label: Tensor, faces: Tensor, mask: Tensor) -> 
     Returns:
         stage name -> scalar in ``[0, 2]``.
     """
-    _check_stages("normals_loss", stages, label, mask, empty_label=True)
-    if label.shape[1] == 0:
-        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
-    label_normals = face_normals(label, faces)
-    per_stage = {}
-    for stage, vertices in stages.items():
-        cosine = (face_normals(vertices, faces) * label_normals).sum(-1)
-        per_stage[stage] = masked_mean((1.0 - cosine).mean(-1), mask)
-    return per_stage
+    label_normals = face_normals(label, faces) if label.shape[1] else None
+
+    def per_sample(vertices: Tensor) -> Tensor:
+        return (1.0 - (face_normals(vertices, faces) * label_normals).sum(-1)).mean(-1)
+
+    return _per_stage_mesh_term("normals_loss", stages, label, mask, per_sample)
 
 
 def edges_loss(stages: Stages, label: Tensor, edges: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -575,15 +578,12 @@ def edges_loss(stages: Stages, label: Tensor, edges: Tensor, mask: Tensor) -> di
     Returns:
         stage name -> scalar.
     """
-    _check_stages("edges_loss", stages, label, mask, empty_label=True)
-    if label.shape[1] == 0:
-        return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
-    label_lengths = _edge_lengths(label, edges)
-    per_stage = {}
-    for stage, vertices in stages.items():
-        difference = (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
-        per_stage[stage] = masked_mean(difference, mask)
-    return per_stage
+    label_lengths = _edge_lengths(label, edges) if label.shape[1] else None
+
+    def per_sample(vertices: Tensor) -> Tensor:
+        return (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
+
+    return _per_stage_mesh_term("edges_loss", stages, label, mask, per_sample)
 
 
 def joints3d_loss(joints: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
