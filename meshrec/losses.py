@@ -511,12 +511,14 @@ def _check_stages(term: str, stages: Stages, label: Tensor, mask: Tensor, empty_
         _check_shape(term, f"stages[{stage!r}]", values, expected)
 
 
-def _per_stage_mesh_term(term: str, stages: Stages, label: Tensor, mask: Tensor, per_sample) -> dict[str, Tensor]:
-    """The shared frame of the mesh terms: check, a graph-connected 0 per stage when no sample
-    has a label mesh, else ``masked_mean(per_sample(stage mesh) (B,), mask)`` per stage."""
+def _per_stage_mesh_term(term: str, stages: Stages, label: Tensor, mask: Tensor, against) -> dict[str, Tensor]:
+    """The shared frame of the mesh terms: check the shapes; when no sample has a label mesh, a
+    graph-connected 0 per stage; else ``per_sample = against(label)`` (label features computed
+    once) and ``masked_mean(per_sample(stage mesh) (B,), mask)`` per stage."""
     _check_stages(term, stages, label, mask, empty_label=True)
     if label.shape[1] == 0:
         return {stage: _connected_zero(vertices) for stage, vertices in stages.items()}
+    per_sample = against(label)
     return {stage: masked_mean(per_sample(vertices), mask) for stage, vertices in stages.items()}
 
 
@@ -537,8 +539,11 @@ def vertices_loss(stages: Stages, label: Tensor, mask: Tensor) -> dict[str, Tens
     Returns:
         stage name -> scalar.
     """
-    centred_label = _centred(label) if label.shape[1] else label
-    return _per_stage_mesh_term("vertices_loss", stages, label, mask, lambda vertices: _centred_l1(vertices, centred_label))
+    def against(label: Tensor):
+        centred_label = _centred(label)
+        return lambda vertices: _centred_l1(vertices, centred_label)
+
+    return _per_stage_mesh_term("vertices_loss", stages, label, mask, against)
 
 
 def normals_loss(stages: Stages, label: Tensor, faces: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -556,12 +561,11 @@ def normals_loss(stages: Stages, label: Tensor, faces: Tensor, mask: Tensor) -> 
     Returns:
         stage name -> scalar in ``[0, 2]``.
     """
-    label_normals = face_normals(label, faces) if label.shape[1] else None
+    def against(label: Tensor):
+        label_normals = face_normals(label, faces)
+        return lambda vertices: (1.0 - (face_normals(vertices, faces) * label_normals).sum(-1)).mean(-1)
 
-    def per_sample(vertices: Tensor) -> Tensor:
-        return (1.0 - (face_normals(vertices, faces) * label_normals).sum(-1)).mean(-1)
-
-    return _per_stage_mesh_term("normals_loss", stages, label, mask, per_sample)
+    return _per_stage_mesh_term("normals_loss", stages, label, mask, against)
 
 
 def edges_loss(stages: Stages, label: Tensor, edges: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -578,12 +582,11 @@ def edges_loss(stages: Stages, label: Tensor, edges: Tensor, mask: Tensor) -> di
     Returns:
         stage name -> scalar.
     """
-    label_lengths = _edge_lengths(label, edges) if label.shape[1] else None
+    def against(label: Tensor):
+        label_lengths = _edge_lengths(label, edges)
+        return lambda vertices: (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
 
-    def per_sample(vertices: Tensor) -> Tensor:
-        return (_edge_lengths(vertices, edges) - label_lengths).abs().mean(-1)
-
-    return _per_stage_mesh_term("edges_loss", stages, label, mask, per_sample)
+    return _per_stage_mesh_term("edges_loss", stages, label, mask, against)
 
 
 def joints3d_loss(joints: Stages, label: Tensor, mask: Tensor) -> dict[str, Tensor]:
