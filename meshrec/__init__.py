@@ -38,6 +38,7 @@ _EXPORTS = {
     "EvaluationResult": "meshrec.evaluate",
     "predict_images": "meshrec.inference",
     "PredictSummary": "meshrec.inference",
+    "detect_hands": "meshrec.detect",
     # meshes and data
     "save_mesh": "meshrec.export",
     "write_synthetic_dataset": "meshrec.data.synthetic",
@@ -48,6 +49,7 @@ _EXPORTS = {
     "MetricInputError": "meshrec.metrics",
     "TrainingDivergedError": "meshrec.training.module",
     "RendererUnavailableError": "meshrec.render.base",
+    "DetectorUnavailableError": "meshrec.detect",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -57,6 +59,7 @@ __getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load on first use
     from meshrec.config import ConfigError, load_config, save_config
     from meshrec.data.synthetic import write_synthetic_dataset
+    from meshrec.detect import DetectorUnavailableError, detect_hands
     from meshrec.errors import DatasetError, MeshrecError
     from meshrec.evaluate import EvaluationResult, evaluate
     from meshrec.export import save_mesh

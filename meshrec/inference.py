@@ -54,6 +54,7 @@ from meshrec.data.crop import (
     image_intrinsics_for_crop,
     transform_points,
 )
+from meshrec.detect import DetectorUnavailableError
 from meshrec.errors import DatasetError, MeshrecError
 from meshrec.geometry.camera import DEFAULT_FOV_DEG
 
@@ -70,6 +71,9 @@ __all__ = [
     "check_mesh_formats",
     "collect_requests",
     "prepare_crop",
+    "prepare_crops",
+    "crop_from_image",
+    "photo_overlay",
     "predict_crops",
     "prediction_in_images",
     "write_outputs",
@@ -82,6 +86,13 @@ MESH_OUTPUT_FORMATS = ("obj", "ply", "glb")
 MIN_IMAGE_SIDE = 32
 """Smallest image side (pixels) accepted: below it there is no hand to see."""
 DEFAULT_BATCH_SIZE = 16
+DEFAULT_MAX_HANDS = 4
+"""Most hands the detector reports per image."""
+OVERLAY_MAX_SIDE = 2048
+"""In-photo overlays of bigger photos are drawn at this longest side (pixels)."""
+# a pale blue that stands out on every skin tone, mostly opaque: where the mesh sits is the point
+PHOTO_OVERLAY_COLOUR = (0.55, 0.78, 1.0)
+PHOTO_OVERLAY_ALPHA = 0.7
 # After the integer pre-reduction the crop still downsamples by up to 2x: crop_image's own
 # anti-aliasing blur then stays small, and the reduction (a box filter) did the rest.
 _REDUCE_TO_SCALE = 0.5
@@ -139,6 +150,10 @@ class PreparedCrop:
             (``[u', v', 1] = transform [u, v, 1]``).
         box: ``(4,)`` float64 the square box cut, edges in original pixels.
         image_size: ``(H, W)`` of the original image (after the EXIF orientation).
+        hand: which hand of the image this is when the detector found it (0, 1, ... left to
+            right), else None.
+        photo: the whole image (RGB ``PIL.Image``) when an in-photo overlay will be drawn, else None.
+        detection: the detector's :class:`~meshrec.detect.DetectedHand` it was cut for, or None.
     """
 
     request: ImageRequest
@@ -148,6 +163,9 @@ class PreparedCrop:
     transform: torch.Tensor
     box: torch.Tensor
     image_size: tuple[int, int]
+    hand: int | None = None
+    photo: object = None
+    detection: object = None
 
 
 @dataclass(frozen=True)
@@ -160,13 +178,15 @@ class Failure:
 
 @dataclass(frozen=True)
 class ImageResult:
-    """The files written for one image."""
+    """The files written for one hand: the image's, or one of the hands the detector found in it
+    (``hand``: 0, 1, ... left to right; None without the detector)."""
 
     source: str
     stem: str
     side: str
     passes_used: int
     files: tuple[Path, ...]
+    hand: int | None = None
 
 
 @dataclass
@@ -176,11 +196,13 @@ class PredictSummary:
     out_dir: Path
     results: list[ImageResult] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    contact_sheet: Path | None = None
 
     def describe(self) -> str:
         """A few lines for people: counts, then every failure with its reason."""
-        total = len(self.results) + len(self.failures)
-        lines = [f"{len(self.results)} of {total} images reconstructed into {self.out_dir}"]
+        images = len({result.source for result in self.results})
+        hands = f" ({len(self.results)} hands)" if len(self.results) != images else ""
+        lines = [f"{images} of {images + len(self.failures)} images reconstructed{hands} into {self.out_dir}"]
         if self.failures:
             lines.append(f"{len(self.failures)} skipped:")
             lines.extend(f"  {failure.source}: {failure.reason}" for failure in self.failures)
@@ -360,12 +382,71 @@ def prepare_crop(
         MeshrecError: ``box_padding`` is not a number > 0.
     """
     box_padding = check_box_padding(box_padding)
+    return crop_from_image(_open_image(request, exif_transpose), request, crop_size, box_padding=box_padding,
+                           default_fov_deg=default_fov_deg)  # fmt: skip
+
+
+def prepare_crops(
+    request: ImageRequest,
+    crop_size: int,
+    *,
+    detect: bool = False,
+    max_hands: int = DEFAULT_MAX_HANDS,
+    box_padding: float = DEFAULT_BOX_PADDING,
+    exif_transpose: bool = True,
+    keep_photo: bool = False,
+) -> list[PreparedCrop]:
+    """The crops of one request: one (:func:`prepare_crop`), or, with ``detect`` and neither a
+    box nor keypoints in the request, one per hand :func:`meshrec.detect.detect_hands` finds,
+    left to right, each with the side the detector gives it.
+
+    Args:
+        keep_photo: keep the whole image in each crop's ``photo`` (for an in-photo overlay).
+
+    Raises:
+        ImageSkipped: as :func:`prepare_crop`, or no hand was found.
+        meshrec.detect.DetectorUnavailableError: ``detect`` and the detector is not installed.
+    """
+    box_padding = check_box_padding(box_padding)
     image = _open_image(request, exif_transpose)
+    _check_image_size(image, request)
+    photo = image if keep_photo else None
+    if not detect or request.box is not None or request.keypoints2d is not None:
+        return [dataclasses.replace(crop_from_image(image, request, crop_size, box_padding=box_padding), photo=photo)]
+    from meshrec.detect import detect_hands
+
+    hands = detect_hands(np.asarray(image), max_hands=max_hands)
+    if not hands:
+        raise ImageSkipped(request.name, "no hand found (give --box, or records with a box or keypoints, to crop by hand)")
+    crops = []
+    for index, hand in enumerate(hands):
+        found = dataclasses.replace(request, side=hand.side, keypoints2d=np.array(hand.keypoints2d), visible=None)
+        crop = crop_from_image(image, found, crop_size, box_padding=box_padding, hand=index)
+        crops.append(dataclasses.replace(crop, photo=photo, detection=hand))
+    return crops
+
+
+def _check_image_size(image, request: ImageRequest) -> None:
     width, height = image.size
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageSkipped(
             request.name, f"image is {width} x {height} pixels; at least {MIN_IMAGE_SIDE} on each side needed"
         )
+
+
+def crop_from_image(
+    image,
+    request: ImageRequest,
+    crop_size: int,
+    *,
+    box_padding: float = DEFAULT_BOX_PADDING,
+    default_fov_deg: float = DEFAULT_FOV_DEG,
+    hand: int | None = None,
+) -> PreparedCrop:
+    """:func:`prepare_crop` for an image already read (an RGB ``PIL.Image``): the box, the
+    crop and the cameras of ``request`` (``hand``: which detected hand of the image it is)."""
+    _check_image_size(image, request)
+    width, height = image.size
     try:
         box = hand_crop_box(
             (height, width),
@@ -411,6 +492,7 @@ def prepare_crop(
         transform=transform,
         box=box,
         image_size=(height, width),
+        hand=hand,
     )
 
 
@@ -470,7 +552,7 @@ def prediction_in_images(prediction, crops: Sequence[PreparedCrop], index: int):
 def _crop_record(crop: PreparedCrop, prediction, index: int) -> dict:
     """The extra JSON keys: the request, and everything about the crop the network saw."""
     plain = lambda t: t.detach().cpu().double().tolist()  # noqa: E731
-    return {
+    record = {
         "image": str(crop.request.image),
         "crop": {
             "box": plain(crop.box),
@@ -480,6 +562,14 @@ def _crop_record(crop: PreparedCrop, prediction, index: int) -> dict:
             "joints2d": plain(prediction.joints2d[index]),
         },
     }
+    if crop.detection is not None:  # what the hand detector saw: its keypoints are the reference on photos
+        record["detection"] = {
+            "hand": crop.hand,
+            "side": crop.detection.side,
+            "score": float(crop.detection.score),
+            "keypoints2d": np.asarray(crop.detection.keypoints2d, dtype=np.float64).tolist(),
+        }
+    return record
 
 
 def _prediction_json_bytes(prediction, crops: Sequence[PreparedCrop], index: int) -> bytes:
@@ -538,23 +628,64 @@ def write_outputs(
     write_bytes_atomic(json_path, _prediction_json_bytes(prediction, crops, index))
     written.append(json_path)
     if overlay:
-        from meshrec.viz import overlay_mesh
-
-        from meshrec.render import RendererUnavailableError
-
         crop_pixels = (crops[index].image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        scene = (crop_pixels, prediction.vertices[index].detach().cpu(), prediction.faces_of(index).cpu(),
-                 prediction.K[index].detach().cpu())  # fmt: skip
-        try:
-            drawn = overlay_mesh(*scene, renderer=overlay_renderer)
-        except RendererUnavailableError:
-            if overlay_renderer != "auto":
-                raise
-            drawn = overlay_mesh(*scene, renderer="matplotlib")  # EGL found but unusable: draw without GL
+        drawn = _overlay(crop_pixels, prediction.vertices[index], prediction.faces_of(index), prediction.K[index],
+                         overlay_renderer)  # fmt: skip
         overlay_path = out_dir / f"{stem}_overlay.png"
         write_bytes_atomic(overlay_path, png_bytes(drawn))
         written.append(overlay_path)
     return tuple(written)
+
+
+def _thumbnail(image: np.ndarray, side: int = 320) -> np.ndarray:
+    """``image`` shrunk to fit ``side`` x ``side`` (aspect kept)."""
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    picture.thumbnail((side, side))
+    return np.asarray(picture)
+
+
+def _overlay(image: np.ndarray, vertices, faces, K, renderer: str, **style) -> np.ndarray:
+    """:func:`meshrec.viz.overlay_mesh`, falling back to matplotlib when ``'auto'`` found EGL but
+    could not use it."""
+    from meshrec.render import RendererUnavailableError
+    from meshrec.viz import overlay_mesh
+
+    scene = (image, vertices.detach().cpu(), faces.cpu(), K.detach().cpu())
+    try:
+        return overlay_mesh(*scene, renderer=renderer, **style)
+    except RendererUnavailableError:
+        if renderer != "auto":
+            raise
+        return overlay_mesh(*scene, renderer="matplotlib", **style)
+
+
+def photo_overlay(photo, hands: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], *, renderer: str = "auto",
+                  max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:  # fmt: skip
+    """Every hand's mesh drawn in place over the whole photo.
+
+    Args:
+        photo: the image (RGB ``PIL.Image``).
+        hands: per hand ``(vertices (V, 3) metres, faces (F, 3), K (3, 3) of the photo)``.
+        renderer: as :func:`meshrec.viz.overlay_mesh`.
+        max_side: photos with a longer side are drawn at this size (K scaled to match).
+
+    Returns:
+        ``(H', W', 3)`` uint8.
+    """
+    width, height = photo.size
+    scale = min(1.0, max_side / max(width, height))
+    if scale < 1.0:
+        photo = photo.resize((max(1, round(width * scale)), max(1, round(height * scale))))
+    sx, sy = photo.size[0] / width, photo.size[1] / height
+    # pixel centres at integers: u' = sx (u + 0.5) - 0.5
+    rescale = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    drawn = np.asarray(photo.convert("RGB"), dtype=np.uint8)
+    for vertices, faces, K in hands:
+        drawn = _overlay(drawn, vertices, faces, rescale @ K.detach().cpu().double(), renderer,
+                         colors=PHOTO_OVERLAY_COLOUR, alpha=PHOTO_OVERLAY_ALPHA)  # fmt: skip
+    return drawn
 
 
 def _unique_stems(requests: Sequence[ImageRequest]) -> list[str]:
@@ -583,14 +714,16 @@ def check_mesh_formats(formats: Iterable[str]) -> tuple[str, ...]:
 def _prepared_in_order(
     requests: Sequence[ImageRequest], prepare: Callable[[ImageRequest], PreparedCrop], threads: int
 ) -> Iterator[tuple[int, PreparedCrop | ImageSkipped]]:
-    """``(position, crop or the reason it failed)`` in order; reading runs ahead on threads
+    """``(position, its crops or the reason it failed)`` in order; reading runs ahead on threads
     (Pillow decodes and torch crops without holding the GIL), at most a few images ahead."""
 
-    def attempt(request: ImageRequest) -> PreparedCrop | ImageSkipped:
+    def attempt(request: ImageRequest) -> list[PreparedCrop] | ImageSkipped:
         try:
             return prepare(request)
         except ImageSkipped as error:
             return error
+        except DetectorUnavailableError:
+            raise  # not this image's fault: stop, saying how to install it
         except (MeshrecError, OSError, MemoryError) as error:
             return ImageSkipped(request.name, f"{type(error).__name__}: {error}")
 
@@ -618,6 +751,9 @@ def predict_images(
     *,
     formats: Sequence[str] = ("obj",),
     overlay: bool = False,
+    detect: bool = False,
+    max_hands: int = DEFAULT_MAX_HANDS,
+    contact_sheet: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     box_padding: float = DEFAULT_BOX_PADDING,
     exif_transpose: bool = True,
@@ -625,12 +761,13 @@ def predict_images(
     progress: bool = True,
     overlay_renderer: str = "auto",
 ) -> PredictSummary:
-    """Reconstruct the hand in every requested image and write its files into ``out_dir``.
+    """Reconstruct the hands in every requested image and write their files into ``out_dir``.
 
-    Images are read and cropped (:func:`prepare_crop`), run ``batch_size`` at a time
+    Images are read and cropped (:func:`prepare_crops`), run ``batch_size`` crops at a time
     (:func:`predict_crops`), and written (:func:`write_outputs`, names from the image stems,
-    made unique). An image that cannot be read, is too small, or whose outputs cannot be
-    written is recorded in ``failures`` with the reason; the others go on.
+    made unique; ``<stem>_hand<i>`` for the hands the detector found). An image that cannot be
+    read, is too small, holds no hand the detector sees, or whose outputs cannot be written is
+    recorded in ``failures`` with the reason; the others go on.
 
     Args:
         model: a :class:`~meshrec.models.reconstructor.HandMeshReconstructor` (eval mode is
@@ -638,7 +775,14 @@ def predict_images(
         requests: from :func:`collect_requests`, or built by hand.
         out_dir: created if missing; existing files of the same names are replaced.
         formats: mesh formats among :data:`MESH_OUTPUT_FORMATS`.
-        overlay: also write ``<stem>_overlay.png``.
+        overlay: also write ``<stem>_overlay.png``: the photo with every hand's mesh drawn in
+            place (:func:`photo_overlay`).
+        detect: find the hands (box and side) of requests without a box or keypoints with
+            :func:`meshrec.detect.detect_hands`; False: such an image is one hand, the whole
+            image its crop, its side the request's.
+        max_hands: most hands per image the detector reports.
+        contact_sheet: with ``overlay``, also write ``contact_sheet.png``, every overlay small
+            on one sheet (:func:`meshrec.viz.contact_sheet`).
         batch_size: crops per forward pass.
         box_padding: box side / given box or keypoint extent.
         exif_transpose: apply the EXIF orientation (boxes and keypoints then refer to the
@@ -646,19 +790,41 @@ def predict_images(
         read_threads: threads reading images ahead of the model (0: read in this thread).
         progress: show a progress bar on stderr.
         overlay_renderer: ``'auto'``, ``'gl'`` or ``'matplotlib'`` (:func:`meshrec.viz.overlay_mesh`).
+
+    Raises:
+        meshrec.detect.DetectorUnavailableError: ``detect`` without the detector installed.
     """
     formats = check_mesh_formats(formats)
     box_padding = check_box_padding(box_padding)
     if batch_size < 1:
         raise MeshrecError(f"batch_size must be >= 1, got {batch_size}")
+    if contact_sheet and not overlay:
+        raise MeshrecError("contact_sheet draws the overlays: pass overlay=True too (--overlay)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(out_dir=out_dir)
     stems = _unique_stems(requests)
     crop_size = int(model.config.image_size)
+    hands_of: dict[int, int] = {}  # position -> crops of that image
+    drawn_of: dict[int, list] = {}  # position -> (vertices, faces, K) of its hands done so far
+    sheet: list[tuple[np.ndarray, str]] = []
 
-    def prepare(request: ImageRequest) -> PreparedCrop:
-        return prepare_crop(request, crop_size, box_padding=box_padding, exif_transpose=exif_transpose)
+    def prepare(request: ImageRequest) -> list[PreparedCrop]:
+        return prepare_crops(request, crop_size, detect=detect, max_hands=max_hands, box_padding=box_padding,
+                             exif_transpose=exif_transpose, keep_photo=overlay)  # fmt: skip
+
+    def draw_photo(position: int, crop: PreparedCrop) -> list[Path]:
+        """The image's overlay once all its hands are done (those that failed are left out)."""
+        hands = drawn_of.get(position, [])
+        hands_of[position] -= 1
+        if hands_of[position] > 0 or not hands:
+            return []
+        drawn = photo_overlay(crop.photo, hands, renderer=overlay_renderer)
+        path = out_dir / f"{stems[position]}_overlay.png"
+        write_bytes_atomic(path, png_bytes(drawn))
+        if contact_sheet:
+            sheet.append((_thumbnail(drawn), stems[position]))
+        return [path]
 
     def flush(batch: list[tuple[int, PreparedCrop]], bar) -> None:
         if not batch:
@@ -666,34 +832,48 @@ def predict_images(
         crops = [crop for _, crop in batch]
         prediction = predict_crops(model, crops)
         for index, (position, crop) in enumerate(batch):
+            stem = stems[position] if crop.hand is None else f"{stems[position]}_hand{crop.hand}"
             try:
-                files = write_outputs(
-                    out_dir, stems[position], prediction, crops, index, formats, overlay, overlay_renderer
-                )
+                files = write_outputs(out_dir, stem, prediction, crops, index, formats)
+                if overlay:
+                    drawn_of.setdefault(position, []).append(
+                        (prediction.vertices[index], prediction.faces_of(index), crop.K_image))
+                    files += tuple(draw_photo(position, crop))
             except (MeshrecError, OSError) as error:
                 summary.failures.append(Failure(crop.request.name, f"cannot write outputs: {error}"))
+                if overlay:
+                    draw_photo(position, crop)
                 continue
             summary.results.append(
                 ImageResult(
                     source=crop.request.name,
-                    stem=stems[position],
+                    stem=stem,
                     side=crop.request.side,
                     passes_used=int(prediction.passes_used[index]),
                     files=files,
+                    hand=crop.hand,
                 )
             )
-        bar.update(len(batch))
         batch.clear()
 
     with progress_bar(len(requests), "predict", progress) as bar:
         batch: list[tuple[int, PreparedCrop]] = []
         for position, outcome in _prepared_in_order(requests, prepare, read_threads):
+            bar.update(1)
             if isinstance(outcome, ImageSkipped):
                 summary.failures.append(Failure(requests[position].name, outcome.reason))
-                bar.update(1)
                 continue
-            batch.append((position, outcome))
-            if len(batch) == batch_size:
-                flush(batch, bar)
+            hands_of[position] = len(outcome)
+            for crop in outcome:
+                batch.append((position, crop))
+                if len(batch) == batch_size:
+                    flush(batch, bar)
         flush(batch, bar)
+    if contact_sheet and sheet:
+        from meshrec.viz import contact_sheet as make_sheet
+
+        thumbnails, labels = zip(*sheet)
+        sheet_path = out_dir / "contact_sheet.png"
+        write_bytes_atomic(sheet_path, png_bytes(make_sheet(thumbnails, labels)))
+        summary.contact_sheet = sheet_path
     return summary

@@ -690,3 +690,36 @@ def _refinement_steps_matplotlib(meshes, faces, names, moved):
         plot_hand(ax, mesh, faces, view=PALM_VIEW, title=title, extent=extent, centre=centre)
     figure.subplots_adjust(left=0, right=1, bottom=0, top=panel / (panel + title_inches), wspace=0)
     return figure
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *, columns: int | None = None,
+    cell: int = 320, gap: int = 8,
+) -> np.ndarray:  # fmt: skip
+    """Many pictures on one sheet: each ``(H, W, 3)`` uint8 fitted (aspect kept) into a ``cell``
+    square on a dark background, in rows of ``columns`` (default: a near-square grid), with its
+    label written under it.
+
+    Returns:
+        ``(rows * (cell + label + gap) + gap, columns * (cell + gap) + gap, 3)`` uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    if not images:
+        raise MeshrecError("contact_sheet needs at least one image")
+    if labels is not None and len(labels) != len(images):
+        raise MeshrecError(f"contact_sheet got {len(images)} images but {len(labels)} labels")
+    columns = columns or int(np.ceil(np.sqrt(len(images))))
+    rows = int(np.ceil(len(images) / columns))
+    label_height = 16 if labels is not None else 0
+    sheet = Image.new("RGB", (columns * (cell + gap) + gap, rows * (cell + label_height + gap) + gap), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for index, image in enumerate(images):
+        picture = Image.fromarray(_image_hwc_uint8(image))
+        picture.thumbnail((cell, cell))
+        row, column = divmod(index, columns)
+        left, top = gap + column * (cell + gap), gap + row * (cell + label_height + gap)
+        sheet.paste(picture, (left + (cell - picture.width) // 2, top + (cell - picture.height) // 2))
+        if labels is not None:
+            draw.text((left, top + cell + 2), str(labels[index])[: cell // 6], fill=(230, 230, 230))
+    return np.asarray(sheet)

@@ -1,12 +1,16 @@
-"""``meshrec predict``: reconstruct hands in your own images and write meshes and JSON.
+"""``meshrec predict``: reconstruct every hand in your own photos and write meshes and JSON.
 
-    meshrec predict [--checkpoint C] --input IMAGE|FOLDER|LIST.jsonl --out DIR [--side left|right]
-                    [--format obj,ply,glb] [--overlay] [--box x0,y0,x1,y1]
+    meshrec predict PHOTO|FOLDER|LIST.jsonl ... --out DIR [--overlay] [--contact-sheet]
+                    [--format obj,ply,glb] [--checkpoint C] [--box x0,y0,x1,y1 --side left] [--no-detect]
 
-Without ``--checkpoint`` the bundled model (``synthetic-hands``) is used. For each image: ``<stem>.obj`` (and ``.ply`` / ``.glb`` with uncertainty colours),
-``<stem>.json`` (3D joints in metres, 2D joints in the image's pixels, variances, passes,
-K of the image and of the crop) and, with ``--overlay``, ``<stem>_overlay.png``. Bad images
-are skipped and listed; the exit code is 0 when at least one image worked, 1 when none did.
+Without ``--checkpoint`` the bundled model (``synthetic-hands``) is used. Images without a box or
+keypoints go through the hand detector (``meshrec.detect``): every hand it finds is reconstructed
+with the side it sees, as ``<stem>_hand<i>.*`` (left to right). With a box (``--box``, a record's
+box or keypoints) or ``--no-detect`` an image is one hand of ``--side``: ``<stem>.*``. Files:
+``.obj`` (and ``.ply`` / ``.glb`` with uncertainty colours), ``.json`` (3D joints in metres, 2D
+joints in the image's pixels, variances, passes, K of the image and of the crop) and, with
+``--overlay``, ``<stem>_overlay.png``: the photo with every hand's mesh drawn in place. Images
+that fail or hold no hand are listed; the exit code is 0 when at least one image worked.
 """
 
 from __future__ import annotations
@@ -42,16 +46,22 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "--checkpoint", type=Path, default=None,
         help="a training checkpoint (last.ckpt, best.ckpt) or a whole-model weights file; default: meshrec's bundled model",
     )  # fmt: skip
-    parser.add_argument("--input", type=Path, required=True,
-                        help="an image, a folder of images, or a .jsonl/.json list of records "
+    parser.add_argument("inputs", type=Path, nargs="*", metavar="INPUT",
+                        help="images, folders of images, or .jsonl/.json lists of records "
                              "(image, optional box / joints2d / K / side; see meshrec.data.keypoints_json)")
+    parser.add_argument("--input", type=Path, action="append", default=[], help="an input, as INPUT (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument(
         "--side", choices=("right", "left"), default=None,
-        help="hand side of every image (a record's own side wins; default: right)",
+        help="hand side of the images not given to the detector (a record's own side wins; default: right)",
     )  # fmt: skip
     parser.add_argument("--format", default="obj", help="mesh formats, comma-separated: obj, ply, glb (default: obj)")
-    parser.add_argument("--overlay", action="store_true", help="also draw the mesh over the crop to <stem>_overlay.png")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write <stem>_overlay.png: the photo with every hand's mesh drawn in place")
+    parser.add_argument("--contact-sheet", action="store_true", help="with --overlay: all overlays on contact_sheet.png")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="no hand detector: an image without a box is one hand of --side, cropped whole")
+    parser.add_argument("--max-hands", type=int, default=4, help="most hands per image the detector reports (default: 4)")
     parser.add_argument(
         "--box", type=_box, default=None, metavar="x0,y0,x1,y1",
         help="hand box in image pixels for every image (a record's box or keypoints win)",
@@ -66,15 +76,24 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshrec.errors import MeshrecError
     from meshrec.inference import check_mesh_formats, collect_requests, predict_images
     from meshrec.models.reconstructor import HandMeshReconstructor
     from pipelines.eval import resolve_device
 
+    sources = [*args.inputs, *args.input]
+    if not sources:
+        raise MeshrecError("nothing to predict: name an image, a folder or a .jsonl list, e.g. meshrec predict photo.jpg --out out/")
     formats = check_mesh_formats(args.format.split(","))
-    requests, failures = collect_requests(args.input, side=args.side, box=args.box)
+    requests, failures = [], []
+    for source in sources:
+        found, bad = collect_requests(source, side=args.side, box=args.box)
+        requests += found
+        failures += bad
     model = HandMeshReconstructor.load(args.checkpoint, device=resolve_device(args.device))
     summary = predict_images(
-        model, requests, args.out, formats=formats, overlay=args.overlay, batch_size=args.batch_size,
+        model, requests, args.out, formats=formats, overlay=args.overlay, detect=not args.no_detect,
+        max_hands=args.max_hands, contact_sheet=args.contact_sheet, batch_size=args.batch_size,
         box_padding=args.box_padding, exif_transpose=not args.ignore_exif, progress=not args.no_progress,
     )  # fmt: skip
     summary.failures[:0] = failures  # records that did not parse come first, as in the input

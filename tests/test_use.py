@@ -129,7 +129,8 @@ def images(trained, tmp_path_factory):
 
 
 def predict_args(checkpoint, source, out, *extra) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--input", str(source), "--out", str(out), "--no-progress", *extra]
+    """Whole images or boxes, without the detector (tests/test_predict_photos.py covers it)."""
+    return ["--checkpoint", str(checkpoint), "--input", str(source), "--out", str(out), "--no-progress", "--no-detect", *extra]
 
 
 def obj_vertices(path: Path) -> np.ndarray:

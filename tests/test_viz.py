@@ -269,3 +269,16 @@ def test_import_meshrec_viz_stays_light():
     code = "import sys, meshrec.viz; print(any(m in sys.modules for m in ('matplotlib', 'plotly', 'trimesh', 'moderngl')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_contact_sheet_tiles_pictures_with_their_labels():
+    from meshrec.viz import contact_sheet
+
+    wide, tall = np.full((50, 100, 3), 200, np.uint8), np.full((100, 50, 3), 90, np.uint8)
+    sheet = contact_sheet([wide, tall, wide], ["a", "b", "c"], cell=64, gap=4)
+    assert sheet.shape == (2 * (64 + 16 + 4) + 4, 2 * (64 + 4) + 4, 3) and sheet.dtype == np.uint8
+    assert (sheet[4 + 16: 4 + 48, 4: 68] == 200).all()  # the wide picture, fitted and centred in its cell
+    with pytest.raises(MeshrecError, match="2 images but 1 labels"):
+        contact_sheet([wide, tall], ["a"])
+    with pytest.raises(MeshrecError, match="at least one image"):
+        contact_sheet([])
