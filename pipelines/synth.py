@@ -1,7 +1,7 @@
 """``meshrec synth``: write (or extend) a synthetic hand data set in the FreiHAND layout.
 
     meshrec synth --out data/synth --num 20000 --size 128 --seed 0 [--eval-fraction 0.1] [--backgrounds FOLDER]
-                  [--workers 2]
+                  [--workers 2] [--style {flat,photo}]
 
 Re-running with a larger ``--num`` (same other settings) renders only the missing samples.
 """
@@ -49,6 +49,13 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         help=f"worker processes that render (default: {DEFAULT_WORKERS}; 1: render in this process); "
         "the files do not depend on it",
     )
+    parser.add_argument(
+        "--style",
+        choices=("flat", "photo"),
+        default="flat",
+        help="'flat': the hand alone over noise/gradient backgrounds (default); 'photo': with a forearm or "
+        "sleeve, blotchy skin, cluttered scenes, occluders, camera blur and JPEG quality 40-95",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         progress=not args.no_progress,
         workers=args.workers,
+        style=args.style,
     )
     print(f"{summary.root}: {summary.counts} samples ({summary.rendered} rendered now)")
     if args.contact_sheet is not None:

@@ -1,4 +1,5 @@
-"""Random backgrounds: coloured smooth noise, gradients, sums of sinusoids, crops of user images.
+"""Random backgrounds: coloured smooth noise, gradients, sums of sinusoids, crops of user images;
+for the photo style, scene-like clutter over them or over a wall and floor (:func:`make_scene_background`).
 
 Every background is drawn from the sample's own generator, so it depends on ``(seed, split,
 index)`` alone. Enlargements are PIL's bicubic resize written as two small matrix products.
@@ -154,3 +155,119 @@ def _image_crop(rng: np.random.Generator, size: int, images: Sequence[Path]) -> 
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(crop, dtype=np.float32) / 255.0
+
+
+# Scene-like backgrounds of the photo style (``make_scene_background``).
+CLUTTER_SHAPES = (3, 9)  # shapes per background, [low, high)
+CLUTTER_BLURRED_SHARE = 0.5  # share of shapes drawn out of focus (before the sharp ones)
+CLUTTER_BLUR_SIGMA = (1.0, 4.0)  # pixels at 128 px, scaled with the image side
+FLOOR_SHARE = 0.5  # share of scene backgrounds that start from a wall over a floor/table
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_matrix(sigma_centi_px: int, size: int) -> np.ndarray:
+    """``(size, size)`` float32: a Gaussian blur of ``sigma_centi_px / 100`` pixels along one axis,
+    rows renormalised at the border (edges are not darkened)."""
+    sigma = sigma_centi_px / 100.0
+    offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return (weights / weights.sum(1, keepdims=True)).astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``(H, H, C)`` float32 image blurred by a Gaussian of ``sigma`` pixels (rounded to 0.01 px);
+    sigma below 0.05 px returns the image unchanged."""
+    if sigma < 0.05:
+        return image
+    size, channels = image.shape[0], image.shape[2]
+    matrix = _gaussian_matrix(int(round(sigma * 100)), size)
+    rows = _matmul(matrix, np.ascontiguousarray(image).reshape(size, -1)).reshape(size, size, channels)
+    columns = _matmul(matrix, np.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(size, -1))
+    return columns.reshape(size, size, channels).transpose(1, 0, 2)
+
+
+def _muted_colour(rng: np.random.Generator) -> np.ndarray:
+    """A random colour pulled toward a random grey: rooms are mostly muted, few colours are pure."""
+    grey = np.float32(rng.uniform(0.15, 0.85))
+    return np.clip(grey + np.float32(rng.uniform(0.2, 0.8)) * (_random_colour(rng) - grey), 0, 1)
+
+
+def _shape_texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> np.ndarray:
+    """``(size, size, 3)`` float32 fill of a clutter shape: flat, shaded, striped or mottled ``colour``."""
+    kind = int(rng.integers(4))
+    position = _pixel_coordinates(size)
+    angle = rng.uniform(0, 2 * np.pi)
+    along = np.float32(np.cos(angle)) * position[None, :] + np.float32(np.sin(angle)) * position[:, None]
+    if kind == 0:
+        factor = np.ones((size, size), np.float32)
+    elif kind == 1:  # lit from one side
+        factor = np.float32(1.0) + np.float32(rng.uniform(0.2, 0.6)) * (along - np.float32(0.5))
+    elif kind == 2:  # stripes or a pattern printed on it
+        frequency = np.float32(rng.uniform(4.0, 20.0) * 2 * np.pi)
+        factor = np.float32(1.0) + np.float32(rng.uniform(0.15, 0.4)) * np.sign(np.sin(frequency * along))
+    else:  # wood, fabric, paper: smooth noise
+        factor = np.float32(0.8) + np.float32(0.4) * _smooth_noise(rng, size)
+    return factor[..., None] * colour[None, None, :]
+
+
+def _shape_coverage(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``(size, size)`` bool: a random rotated rectangle, ellipse or stripe (a long bar across the image)."""
+    kind = int(rng.integers(3))
+    position = _pixel_coordinates(size)
+    centre = rng.uniform(-0.1, 1.1, 2).astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    cos, sin = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+    dx = position[None, :] - centre[0]
+    dy = position[:, None] - centre[1]
+    along, across = cos * dx + sin * dy, -sin * dx + cos * dy
+    if kind == 2:
+        half = np.float32(rng.uniform(0.03, 0.15))
+        return np.abs(across) < half
+    half_a, half_b = rng.uniform(0.08, 0.45, 2).astype(np.float32)
+    if kind == 0:
+        return (np.abs(along) < half_a) & (np.abs(across) < half_b)
+    return (along / half_a) ** 2 + (across / half_b) ** 2 < 1.0
+
+
+def _floor_and_wall(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``(size, size, 3)``: a wall over a floor or table top at a random, slightly tilted horizon,
+    the floor brightening towards the camera, the wall shaded softly."""
+    position = _pixel_coordinates(size)
+    wall, floor = _muted_colour(rng), _muted_colour(rng)
+    horizon = rng.uniform(0.1, 0.7)
+    tilt = np.float32(rng.uniform(-0.2, 0.2))
+    height = position[:, None] - (np.float32(horizon) + tilt * (position[None, :] - np.float32(0.5)))
+    below = height > 0
+    depth = np.clip(height / np.float32(max(1.0 - horizon, 0.1)), 0.0, 1.0)  # 0 at the horizon, 1 at the bottom
+    floor_shade = np.float32(rng.uniform(0.5, 0.8)) + np.float32(0.4) * depth
+    wall_shade = np.float32(rng.uniform(0.7, 1.0)) + np.float32(0.15) * np.float32(rng.uniform(-1, 1)) * (
+        position[None, :] - np.float32(0.5)
+    )
+    grain = np.float32(0.9) + np.float32(0.2) * _smooth_noise(rng, size)
+    shade = np.where(below, floor_shade * grain, np.broadcast_to(wall_shade, (size, size)))
+    return np.where(below[..., None], floor[None, None, :], wall[None, None, :]) * shade[..., None]
+
+
+def make_scene_background(rng: np.random.Generator, size: int, images: Sequence[Path] = ()) -> np.ndarray:
+    """One ``(size, size, 3)`` float32 background in [0, 1] that looks like a scene (photo style).
+
+    A base (half the time a wall over a floor or table top, else one of
+    :func:`make_background`'s kinds, user images included) under ``CLUTTER_SHAPES`` random
+    overlapping rectangles, ellipses and bars, each with its own colour and texture; the
+    first ``CLUTTER_BLURRED_SHARE`` of them are out of focus (blurred with what lies behind
+    them, as depth of field would).
+    """
+    if rng.random() < FLOOR_SHARE:
+        background = _floor_and_wall(rng, size).astype(np.float32)
+    else:
+        background = make_background(rng, size, images)
+    count = int(rng.integers(*CLUTTER_SHAPES))
+    blurred = int(round(count * CLUTTER_BLURRED_SHARE * rng.uniform(0.5, 1.5)))
+    scale = size / 128.0
+    for shape in range(count):
+        coverage = _shape_coverage(rng, size)
+        fill = _shape_texture(rng, size, _muted_colour(rng))
+        background = np.where(coverage[..., None], fill, background)
+        if shape + 1 == blurred:
+            background = gaussian_blur(background, rng.uniform(*CLUTTER_BLUR_SIGMA) * scale)
+    return np.clip(background, 0.0, 1.0, dtype=np.float32)

@@ -25,9 +25,11 @@ def write_images(root: Path, split: str, indices: Sequence[int], batch: SynthBat
     masks = batch.mask.astype(np.uint8) * 255
     for b, index in enumerate(indices):
         name = f"{index:08d}.jpg"
-        for folder, pixels in (("mask", masks[b]), ("rgb", batch.rgb[b])):
+        # masks are labels: always the default quality; images at the sample's own (photo style)
+        rgb_quality = JPEG_QUALITY if batch.jpeg_quality is None else batch.jpeg_quality[b]
+        for folder, pixels, quality in (("mask", masks[b], JPEG_QUALITY), ("rgb", batch.rgb[b], rgb_quality)):
             encoded = BytesIO()
-            Image.fromarray(pixels).save(encoded, format="JPEG", quality=JPEG_QUALITY)
+            Image.fromarray(pixels).save(encoded, format="JPEG", quality=quality)
             with open(root / split / folder / name, "wb") as handle:
                 handle.write(encoded.getbuffer())
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from meshrec.data.synthetic.labels import LABEL_NAMES
-from meshrec.data.synthetic.scene import GENERATOR_VERSION, HandSynthesizer
+from meshrec.data.synthetic.scene import GENERATOR_VERSIONS, HandSynthesizer
 from meshrec.errors import MeshrecError
 
 
@@ -86,9 +86,9 @@ def manifest_record(
     backgrounds,
     label_bytes: dict[str, dict[str, int]] | None = None,
 ) -> dict:
-    return {
+    record = {
         "generator": "meshrec.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": GENERATOR_VERSIONS[synthesizer.style],
         "seed": synthesizer.seed,
         "image_size": synthesizer.size,
         "eval_fraction": eval_fraction,
@@ -100,10 +100,24 @@ def manifest_record(
         # what a resumed run trusts: every label file's committed length
         "label_bytes": label_bytes or {},
     }
+    if synthesizer.style != DEFAULT_STYLE:
+        # a flat set's manifest stays byte for byte what it was before styles existed
+        record["style"] = synthesizer.style
+    return record
+
+
+DEFAULT_STYLE = "flat"  # what a manifest without a "style" entry was made with
+
+
+def recorded_setting(manifest: dict, key: str):
+    """``manifest[key]`` as a resumed run compares it (a missing ``style`` is the flat style)."""
+    if key == "style":
+        return manifest.get(key, DEFAULT_STYLE)
+    return manifest.get(key)
 
 
 # settings a resumed run must share with the first run (the same samples need the same settings)
-FIXED_SETTINGS = ("generator_version", "seed", "image_size", "eval_fraction", "model_content_hash", "num_background_images")
+FIXED_SETTINGS = ("style", "generator_version", "seed", "image_size", "eval_fraction", "model_content_hash", "num_background_images")
 
 
 def committed_state(manifest: dict, split: str, manifest_path: Path) -> tuple[int, dict[str, int] | None]:

@@ -22,7 +22,7 @@ class SyntheticHandDataset(torch.utils.data.Dataset):
         num_samples: length of the data set.
         size: image side, pixels.
         seed: seed of the data set.
-        model, backgrounds: as for :class:`HandSynthesizer`.
+        model, backgrounds, style: as for :class:`HandSynthesizer` (``'flat'`` or ``'photo'``).
     """
 
     def __init__(
@@ -33,11 +33,12 @@ class SyntheticHandDataset(torch.utils.data.Dataset):
         *,
         model=None,
         backgrounds: str | os.PathLike | None = None,
+        style: str = "flat",
     ) -> None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise MeshrecError(f"num_samples must be a positive int, got {num_samples!r}")
         self.num_samples = num_samples
-        self.synthesizer = HandSynthesizer(size=size, seed=seed, model=model, backgrounds=backgrounds)
+        self.synthesizer = HandSynthesizer(size=size, seed=seed, model=model, backgrounds=backgrounds, style=style)
 
     def __len__(self) -> int:
         return self.num_samples

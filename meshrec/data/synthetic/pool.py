@@ -43,7 +43,7 @@ class WorkerSettings:
     """What a worker process needs to make chunks; pickled once to every worker, so kept small.
 
     Attributes:
-        size, seed, model, backgrounds: :class:`HandSynthesizer`'s arguments (``model``: a
+        size, seed, model, backgrounds, style: :class:`HandSynthesizer`'s arguments (``model``: a
             path, None, or a ``ManoModel``, which is then pickled, a few MB).
         model_hash: the parent's ``HandSynthesizer.model_hash``; a worker that loads another
             model (the file changed meanwhile) refuses to render.
@@ -60,12 +60,17 @@ class WorkerSettings:
     num_background_images: int
     root: Path
     parent: int
+    style: str = "flat"
 
 
 def _worker_synthesizer(settings: WorkerSettings) -> HandSynthesizer:
     """A worker's own synthesizer, checked against the parent's (the same samples need the same model)."""
     synthesizer = HandSynthesizer(
-        size=settings.size, seed=settings.seed, model=settings.model, backgrounds=settings.backgrounds
+        size=settings.size,
+        seed=settings.seed,
+        model=settings.model,
+        backgrounds=settings.backgrounds,
+        style=settings.style,
     )
     checks = (
         ("model content hash", settings.model_hash, synthesizer.model_hash),

@@ -4,6 +4,11 @@
 poses the MANO-format model, places the camera, bakes the shading into vertex colours,
 renders with the GL renderer and composites the render over a random background plus
 sensor noise. Every random number of sample ``i`` comes from ``(seed, split, i)`` alone.
+
+Two styles (``STYLES``): ``'flat'``, the hand alone over noise, gradient or sinusoid
+backgrounds; ``'photo'`` (see :mod:`meshrec.data.synthetic.photo`), the same hands and
+labels with a forearm or sleeve, blotchy skin, cluttered scene backgrounds, occluders,
+camera blur and a random JPEG quality.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from meshrec.data.synthetic.backgrounds import list_background_images, make_background
+from meshrec.data.synthetic import photo
+from meshrec.data.synthetic.backgrounds import list_background_images, make_background, make_scene_background
 from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import default_intrinsics
@@ -26,6 +32,9 @@ _PLACEMENT_ITERATIONS = 4
 
 # "2": brighter, gamma-correct skin shading; vectorised backgrounds and sensor noise (labels as in "1")
 GENERATOR_VERSION = "2"
+STYLES = ("flat", "photo")
+# the version each style's records carry: the photo style started at "3" (the flat style's stay "2")
+GENERATOR_VERSIONS = {"flat": GENERATOR_VERSION, "photo": "3"}
 # The split is part of every sample's seed; the on-the-fly dataset draws from its own stream.
 SPLIT_CODES = {"training": 0, "evaluation": 1, "online": 2}
 GEOMETRY_QUANTUM = 1e-7  # metres / radians: posed geometry is rounded to this
@@ -72,6 +81,8 @@ class SynthBatch:
         vertices: ``(B, V, 3)`` float32, camera frame, metres.
         mano: ``(B, 61)`` float32 ``[global_orient, hand_pose (45), betas (10), transl]``.
         sides: B strings, ``'right'`` or ``'left'``.
+        jpeg_quality: B JPEG qualities for the writer's images (photo style), or None (the
+            writer's default).
     """
 
     rgb: np.ndarray
@@ -81,7 +92,7 @@ class SynthBatch:
     vertices: np.ndarray
     mano: np.ndarray
     sides: list[str]
-
+    jpeg_quality: list[int] | None = None
 
 
 def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -143,6 +154,8 @@ class HandSynthesizer:
         model: MANO-format model (path or ``ManoModel``) of the right hand; None: the open hand.
             The left hand is its mirror image.
         backgrounds: folder of images to crop backgrounds from, or None.
+        style: ``'flat'`` or ``'photo'`` (``STYLES``; see the module docstring). The labels of
+            a sample do not depend on it.
     """
 
     def __init__(
@@ -151,6 +164,7 @@ class HandSynthesizer:
         seed: int = 0,
         model=None,
         backgrounds: str | os.PathLike | None = None,
+        style: str = "flat",
     ) -> None:
         from manolayer import ManoLayer, load_mano, mirror_model
         from manolayer.sampler import hand_axes
@@ -159,6 +173,9 @@ class HandSynthesizer:
             raise MeshrecError(f"size must be an int >= 16 pixels, got {size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise MeshrecError(f"seed must be a non-negative int, got {seed!r}")
+        if style not in STYLES:
+            raise MeshrecError(f"style must be one of {STYLES}, got {style!r}")
+        self.style = style
         self.size = size
         self.seed = seed
         right = model if model is not None and not isinstance(model, (str, os.PathLike)) else load_mano(model, side="right")
@@ -176,6 +193,12 @@ class HandSynthesizer:
         # the shape components the model really has (the open hand: 4 of 10)
         self.num_real_betas = int(np.count_nonzero(np.abs(right.shapedirs).reshape(-1, right.num_betas).max(0)))
         self.faces = self.layers["right"].faces.long()
+        if style == "photo":
+            # the mirror image keeps the vertex numbering: one wrist opening serves both sides
+            self.wrist_ring = photo.wrist_ring(self.faces.numpy(), np.asarray(right.v_template), np.asarray(right.rest_joints[0]))
+            arm_faces = photo.forearm_faces(photo.FOREARM_RINGS, photo.FOREARM_AROUND)
+            self.arm_faces = torch.from_numpy(arm_faces)
+            self.photo_faces = torch.cat([self.faces, self.arm_faces + right.num_vertices])
         self.background_images = list_background_images(backgrounds)
         self._renderer = None
         self._block_cache: dict = {}
@@ -230,6 +253,8 @@ class HandSynthesizer:
             shape[: self.num_real_betas] = rng.uniform(-BETA_RANGE, BETA_RANGE, self.num_real_betas)
             betas.append(shape)
             params.append(self._scene_parameters(rng))
+            if self.style == "photo":
+                params[-1]["photo"] = photo.draw_photo_parameters(rng)
             rngs.append(rng)  # what is left of its stream draws the background
         global_orient = torch.stack(orients).double()
         betas_t = torch.as_tensor(np.stack(betas), dtype=torch.float64)
@@ -275,6 +300,8 @@ class HandSynthesizer:
         mano = torch.cat([global_orient, hand_pose, betas_t, transl], dim=1).float()
         clock.lap("pose")
 
+        if self.style == "photo":
+            return self._render_photo(vertices, joints, K, mano, sides, params, rngs, clock)
         colours = self._vertex_colours(vertices.numpy(), params)
         clock.lap("shade")
         rendered = self.renderer.render(vertices, self.faces, K, size, colors=colours, ambient=1.0, specular=0.0)
@@ -293,7 +320,59 @@ class HandSynthesizer:
             sides=sides,
         )
 
-    def _vertex_colours(self, vertices: np.ndarray, params: Sequence[dict]) -> np.ndarray:
+    def _render_photo(self, vertices, joints, K, mano, sides, params, rngs, clock: PhaseClock) -> SynthBatch:
+        """The photo style's shading, render and composite of posed, placed hands (see ``photo``)."""
+        size = self.size
+        vertices_np, joints_np = vertices.numpy(), joints.numpy()
+        arm = photo.forearm_vertices(vertices_np, joints_np, self.wrist_ring, params)
+        scene = np.concatenate([vertices_np, arm], axis=1)
+        skin = np.stack([p["skin"] for p in params]).astype(np.float32)
+        albedo = photo.skin_albedo(scene, joints_np, skin, params)
+        sleeve = photo.forearm_albedo(skin, params)
+        worn = np.array([p["photo"]["sleeve"] for p in params])
+        albedo[worn, vertices_np.shape[1] :] = sleeve[worn] * (albedo[worn, vertices_np.shape[1] :] / skin[worn, None])
+        colours = self._vertex_colours(scene, params, faces=self.photo_faces, albedo=albedo)
+        clock.lap("shade")
+        # hand and forearm in one pass; the forearm alone tells which of its pixels are the arm's
+        rendered = self.renderer.render(scene, self.photo_faces, K, size, colors=colours, ambient=1.0, specular=0.0)
+        arm_only = self.renderer.render(arm, self.arm_faces, K, size, colors=np.full(3, 0.5, np.float32), ambient=1.0, specular=0.0)
+        arm_in_front = arm_only.mask & (arm_only.depth <= rendered.depth)
+        hand_mask = rendered.mask & ~arm_in_front
+        clock.lap("render")
+        backgrounds = np.stack([make_scene_background(rng, size, self.background_images) for rng in rngs])
+        clock.lap("background")
+        backgrounds *= 255.0
+        composite = np.where(np.repeat(rendered.mask[..., None], 3, axis=-1), rendered.rgb, backgrounds)
+        K_np = K.numpy()
+        keypoints = joints_np[..., :2] / joints_np[..., 2:] * K_np[:, None, [0, 1], [0, 1]] + K_np[:, None, [0, 1], 2]
+        bank = _noise_bank()
+        pixels = composite[0].size
+        for b, p in enumerate(params):
+            occluder = p["photo"]["occluder"]
+            if occluder is not None:
+                covered = photo.occluder_coverage(occluder, keypoints[b], p["radius_px"], hand_mask[b])
+                composite[b] = np.where(covered[..., None], photo.occluder_fill(occluder, size), composite[b])
+                hand_mask[b] &= ~covered
+            composite[b] = photo.camera_blur(composite[b], p["photo"])
+            offset = p["noise_seed"] % (bank.size - pixels)
+            composite[b] += bank[offset : offset + pixels].reshape(composite[b].shape) * np.float32(255.0 * p["noise"])
+        composite += 0.5
+        np.clip(composite, 0.0, 255.0, out=composite)
+        clock.lap("composite")
+        return SynthBatch(
+            rgb=composite.astype(np.uint8),
+            mask=hand_mask,
+            K=K_np,
+            joints=joints_np,
+            vertices=vertices_np,
+            mano=mano.numpy(),
+            sides=sides,
+            jpeg_quality=[p["photo"]["jpeg_quality"] for p in params],
+        )
+
+    def _vertex_colours(
+        self, vertices: np.ndarray, params: Sequence[dict], faces=None, albedo: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(B, V, 3)`` float32 shaded, gamma-encoded colours in [0, 1] of ``(B, V, 3)`` vertices.
 
         Lighting is baked into per-vertex colours (the renderer takes one light per call, the
@@ -301,10 +380,12 @@ class HandSynthesizer:
         linear light (ambient, a key light's Lambert term, a fill light from the camera),
         encoded with ``DISPLAY_GAMMA`` as a camera would (a half-lit surface shows at 73 %
         of its lit colour, not 50 %), plus a soft sheen. Computed on x, y, z planes
-        ``(3, B, V)``: numpy is slow at broadcasting over a last axis of 3.
+        ``(3, B, V)``: numpy is slow at broadcasting over a last axis of 3. ``faces``: the
+        mesh's (default: the hand's); ``albedo``: ``(B, V, 3)`` per vertex (default: each
+        sample's skin colour).
         """
         planes = np.ascontiguousarray(vertices.transpose(2, 0, 1))  # (3, B, V)
-        normals = np.ascontiguousarray(vertex_normals(vertices, self.faces).transpose(2, 0, 1))
+        normals = np.ascontiguousarray(vertex_normals(vertices, self.faces if faces is None else faces).transpose(2, 0, 1))
         distance = np.maximum(np.sqrt((planes * planes).sum(0)), 1e-9)  # (B, V)
         view = -planes / distance  # towards the camera
         # a visible surface faces the camera: turn normals that point away (the far side,
@@ -324,8 +405,11 @@ class HandSynthesizer:
         halfway /= np.maximum(np.sqrt((halfway * halfway).sum(0)), 1e-9)
         sheen = np.array([p["sheen"] for p in params], dtype=np.float32)[:, None]
         highlight = np.maximum((normals * halfway).sum(0), 0.0) ** np.float32(SKIN_SHININESS) * (lambert > 0) * sheen
-        albedo = np.stack([p["skin"] for p in params]).astype(np.float32)  # (B, 3)
-        colours = albedo.T[:, :, None] * shade + highlight  # (3, B, V)
+        if albedo is None:
+            albedo_planes = np.stack([p["skin"] for p in params]).astype(np.float32).T[:, :, None]  # (3, B, 1)
+        else:
+            albedo_planes = albedo.transpose(2, 0, 1)  # (3, B, V)
+        colours = albedo_planes * shade + highlight  # (3, B, V)
         return np.clip(colours, 0.0, 1.0).transpose(1, 2, 0)
 
     def _scene_parameters(self, rng: np.random.Generator) -> dict:

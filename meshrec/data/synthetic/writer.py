@@ -11,7 +11,7 @@ from pathlib import Path
 from meshrec.data.synthetic.images import remove_uncommitted_images
 from meshrec.data.synthetic.interrupts import signals_deferred, sigterm_stops_the_run
 from meshrec.data.synthetic.labels import LABEL_NAMES
-from meshrec.data.synthetic.manifest import FIXED_SETTINGS, committed_state, manifest_record, SplitLabels
+from meshrec.data.synthetic.manifest import FIXED_SETTINGS, committed_state, manifest_record, recorded_setting, SplitLabels
 from meshrec.data.synthetic.pool import WorkerSettings, chunk_results
 from meshrec.data.synthetic.scene import HandSynthesizer
 from meshrec.data.synthetic.timing import PhaseClock
@@ -67,6 +67,7 @@ def write_synthetic_dataset(
     flush_every: int = DEFAULT_FLUSH_EVERY,
     progress: bool = True,
     workers: int = 2,
+    style: str = "flat",
 ) -> SynthSummary:
     """Write (or extend) a synthetic data set of ``num`` samples in the FreiHAND layout under ``root``.
 
@@ -77,7 +78,9 @@ def write_synthetic_dataset(
     ``workers`` worker processes (1: in this process, with torch single-threaded meanwhile);
     this process appends their labels to the label files every ``flush_every`` samples and
     at the end, syncs the disks, then commits the new counts and file lengths in the
-    manifest. The files do not depend on ``workers``.
+    manifest. The files do not depend on ``workers``. ``style``: ``'flat'`` or ``'photo'``
+    (see :class:`HandSynthesizer`); recorded in the manifest (only when not flat, so flat
+    sets are what they were before styles existed), and a set is extended in its own style.
 
     Workers are started with the ``spawn`` method (fresh interpreters that load the hand
     model and open their GL context themselves), so the writer is safe to call from any
@@ -89,7 +92,7 @@ def write_synthetic_dataset(
 
     Raises:
         MeshrecError: bad arguments, or ``root`` holds a data set made with other settings
-            (seed, size, eval_fraction, model, generator version) or with more samples, or
+            (style, seed, size, eval_fraction, model, generator version) or with more samples, or
             label files without a manifest, or a worker process died or could not start.
     """
     from tqdm import tqdm
@@ -106,7 +109,7 @@ def write_synthetic_dataset(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise MeshrecError(f"out must be a folder, got {str(root)!r} (a file)")
-    synthesizer = HandSynthesizer(size=size, seed=seed, model=model, backgrounds=backgrounds)
+    synthesizer = HandSynthesizer(size=size, seed=seed, model=model, backgrounds=backgrounds, style=style)
     targets = split_counts(num, float(eval_fraction))
     manifest_path = root / "manifest.json"
     previous: dict = {}
@@ -117,9 +120,10 @@ def write_synthetic_dataset(
             raise MeshrecError(f"{manifest_path}: cannot read ({error}); use a new folder") from None
         wanted = manifest_record(synthesizer, float(eval_fraction), targets, backgrounds)
         for key in FIXED_SETTINGS:
-            if previous.get(key) != wanted[key]:
+            if recorded_setting(previous, key) != recorded_setting(wanted, key):
                 raise MeshrecError(
-                    f"{root} was made with {key}={previous.get(key)!r} but this run has {key}={wanted[key]!r}; "
+                    f"{root} was made with {key}={recorded_setting(previous, key)!r} but this run has "
+                    f"{key}={recorded_setting(wanted, key)!r}; "
                     "use the same settings to extend it, or a new folder"
                 )
     else:
@@ -172,6 +176,7 @@ def write_synthetic_dataset(
     settings = WorkerSettings(
         size=size,
         seed=seed,
+        style=style,
         # absolute paths (not resolved: a model's file name may declare its side), so that
         # workers find the same files whatever the current folder is when they start
         model=_absolute(model) if isinstance(model, (str, os.PathLike)) else model,
