@@ -158,32 +158,36 @@ def _image_crop(rng: np.random.Generator, size: int, images: Sequence[Path]) -> 
 
 
 # Scene-like backgrounds of the photo style (``make_scene_background``).
-CLUTTER_SHAPES = (3, 9)  # shapes per background, [low, high)
+CLUTTER_SHAPES = (2, 7)  # shapes per background, [low, high)
 CLUTTER_BLURRED_SHARE = 0.5  # share of shapes drawn out of focus (before the sharp ones)
 CLUTTER_BLUR_SIGMA = (1.0, 4.0)  # pixels at 128 px, scaled with the image side
 FLOOR_SHARE = 0.5  # share of scene backgrounds that start from a wall over a floor/table
 
 
-@functools.lru_cache(maxsize=64)
-def _gaussian_matrix(sigma_centi_px: int, size: int) -> np.ndarray:
-    """``(size, size)`` float32: a Gaussian blur of ``sigma_centi_px / 100`` pixels along one axis,
-    rows renormalised at the border (edges are not darkened)."""
+@functools.lru_cache(maxsize=256)
+def _gaussian_kernel(sigma_centi_px: int) -> torch.Tensor:
+    """``(2 r + 1,)`` float32 Gaussian weights of ``sigma_centi_px / 100`` pixels, ``r = ceil(3 sigma)``, summing to 1."""
     sigma = sigma_centi_px / 100.0
-    offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
+    offsets = np.arange(-int(np.ceil(3 * sigma)), int(np.ceil(3 * sigma)) + 1)
     weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return (weights / weights.sum(1, keepdims=True)).astype(np.float32)
+    return torch.from_numpy((weights / weights.sum()).astype(np.float32))
 
 
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``(H, H, C)`` float32 image blurred by a Gaussian of ``sigma`` pixels (rounded to 0.01 px);
-    sigma below 0.05 px returns the image unchanged."""
+    """``(H, W, C)`` float32 image blurred by a Gaussian of ``sigma`` pixels (rounded to 0.01 px),
+    the border pixels repeated outward; sigma below 0.05 px returns the image unchanged."""
     if sigma < 0.05:
         return image
-    size, channels = image.shape[0], image.shape[2]
-    matrix = _gaussian_matrix(int(round(sigma * 100)), size)
-    rows = _matmul(matrix, np.ascontiguousarray(image).reshape(size, -1)).reshape(size, size, channels)
-    columns = _matmul(matrix, np.ascontiguousarray(rows.transpose(1, 0, 2)).reshape(size, -1))
-    return columns.reshape(size, size, channels).transpose(1, 0, 2)
+    import torch.nn.functional as F
+
+    kernel = _gaussian_kernel(int(round(sigma * 100)))
+    radius = (kernel.numel() - 1) // 2
+    channels = image.shape[2]
+    planes = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]  # (1, C, H, W)
+    padded = F.pad(planes, (radius, radius, radius, radius), mode="replicate")
+    across = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    down = F.conv2d(across, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return down[0].numpy().transpose(1, 2, 0)
 
 
 def _muted_colour(rng: np.random.Generator) -> np.ndarray:
@@ -192,8 +196,8 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey + np.float32(rng.uniform(0.2, 0.8)) * (_random_colour(rng) - grey), 0, 1)
 
 
-def _shape_texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> np.ndarray:
-    """``(size, size, 3)`` float32 fill of a clutter shape: flat, shaded, striped or mottled ``colour``."""
+def _shape_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """``(size, size)`` float32 brightness of a clutter shape's colour: flat, shaded, striped or mottled."""
     kind = int(rng.integers(4))
     position = _pixel_coordinates(size)
     angle = rng.uniform(0, 2 * np.pi)
@@ -207,7 +211,7 @@ def _shape_texture(rng: np.random.Generator, size: int, colour: np.ndarray) -> n
         factor = np.float32(1.0) + np.float32(rng.uniform(0.15, 0.4)) * np.sign(np.sin(frequency * along))
     else:  # wood, fabric, paper: smooth noise
         factor = np.float32(0.8) + np.float32(0.4) * _smooth_noise(rng, size)
-    return factor[..., None] * colour[None, None, :]
+    return factor
 
 
 def _shape_coverage(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -264,10 +268,27 @@ def make_scene_background(rng: np.random.Generator, size: int, images: Sequence[
     count = int(rng.integers(*CLUTTER_SHAPES))
     blurred = int(round(count * CLUTTER_BLURRED_SHARE * rng.uniform(0.5, 1.5)))
     scale = size / 128.0
+    # shapes are drawn as a map of which shape is on top and a brightness map, and painted in
+    # one pass per layer: three-channel work per shape cost more than the rest together
+    on_top = np.full((size, size), -1, np.int16)
+    brightness = np.ones((size, size), np.float32)
+    colours: list[np.ndarray] = []
+
+    def paint(under: np.ndarray) -> np.ndarray:
+        if not colours:
+            return under
+        painted = np.stack(colours).astype(np.float32)[np.maximum(on_top, 0)] * brightness[..., None]
+        return np.where((on_top >= 0)[..., None], painted, under)
+
     for shape in range(count):
         coverage = _shape_coverage(rng, size)
-        fill = _shape_texture(rng, size, _muted_colour(rng))
-        background = np.where(coverage[..., None], fill, background)
+        texture = _shape_texture(rng, size)
+        on_top[coverage] = len(colours)
+        brightness[coverage] = texture[coverage]
+        colours.append(_muted_colour(rng))
         if shape + 1 == blurred:
-            background = gaussian_blur(background, rng.uniform(*CLUTTER_BLUR_SIGMA) * scale)
+            background = gaussian_blur(paint(background), rng.uniform(*CLUTTER_BLUR_SIGMA) * scale)
+            on_top[:] = -1
+            colours = []
+    background = paint(background)
     return np.clip(background, 0.0, 1.0, dtype=np.float32)

@@ -217,19 +217,24 @@ def forearm_albedo(skin: np.ndarray, params: Sequence[dict]) -> np.ndarray:
 def skin_albedo(positions: np.ndarray, joints: np.ndarray, skin: np.ndarray, params: Sequence[dict]) -> np.ndarray:
     """``(B, N, 3)`` float32: the skin colour ``skin`` (B, 3) varied in blotches at ``positions``
     (B, N, 3) (hand and forearm: the pattern runs on across the wrist), redder near fingertips."""
-    out = np.empty(positions.shape, np.float32)
-    for b in range(positions.shape[0]):
-        p = params[b]["photo"]
-        local = positions[b].astype(np.float64) - joints[b, WRIST]
-        waves = p["blotch_waves"] / np.linalg.norm(p["blotch_waves"], axis=1, keepdims=True)
-        waves *= (2 * np.pi / p["blotch_wavelengths"])[:, None]
-        variation = np.cos(local @ waves.T + p["blotch_phases"]).mean(1) * p["blotch_amplitude"] * 2
-        tips = np.linalg.norm(positions[b][:, None, :] - joints[b, list(FINGERTIPS)][None], axis=-1).min(1)
-        redness = p["fingertip_redness"] * np.exp(-((tips / FINGERTIP_RADIUS) ** 2))
-        factor = 1 + variation[:, None] * SKIN_BLOTCH_CHANNELS
-        factor[:, 1:] -= redness[:, None]
-        out[b] = np.clip(skin[b] * factor, 0, 1)
-    return out
+    photos = [p["photo"] for p in params]
+    local = positions - joints[:, WRIST : WRIST + 1]  # (B, N, 3)
+    waves = np.stack([p["blotch_waves"] / np.linalg.norm(p["blotch_waves"], axis=1, keepdims=True) for p in photos])
+    waves *= (2 * np.pi / np.stack([p["blotch_wavelengths"] for p in photos]))[..., None]  # (B, W, 3)
+    phases = np.stack([p["blotch_phases"] for p in photos]).astype(np.float32)[:, None, :]
+    amplitude = np.array([2 * p["blotch_amplitude"] for p in photos], np.float32)[:, None]
+    variation = np.cos(np.matmul(local, waves.transpose(0, 2, 1).astype(np.float32)) + phases).mean(-1) * amplitude
+    # squared distance to the nearest fingertip, on x, y, z planes (numpy is slow over a last axis of 3)
+    tips = joints[:, list(FINGERTIPS)]  # (B, 5, 3)
+    nearest = np.full(positions.shape[:2], np.inf, np.float32)
+    for t in range(len(FINGERTIPS)):
+        offset = positions - tips[:, t : t + 1]
+        nearest = np.minimum(nearest, np.einsum("bnk,bnk->bn", offset, offset))
+    redness = np.array([p["fingertip_redness"] for p in photos], np.float32)[:, None]
+    redness = redness * np.exp(-nearest / np.float32(FINGERTIP_RADIUS**2))
+    factor = 1 + variation[..., None] * SKIN_BLOTCH_CHANNELS  # (B, N, 3)
+    factor[..., 1:] -= redness[..., None]
+    return np.clip(skin[:, None, :] * factor, 0, 1).astype(np.float32)
 
 
 def occluder_coverage(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from meshrec.data.synthetic import photo
+import meshrec.data.synthetic.photo as photo
 from meshrec.data.synthetic.backgrounds import list_background_images, make_background, make_scene_background
 from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
