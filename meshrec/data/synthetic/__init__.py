@@ -6,7 +6,10 @@ sampler (``mode='mixture'``), with random shape (the model's non-zero shape comp
 distance that makes the hand fill roughly 60-100 % of the crop (shifted so some hands are
 cut by the border), random lighting and skin tone, over a random background (blurred
 noise, gradients, sums of sinusoids, or crops of user images). The composite is
-``mask * render + (1 - mask) * background`` plus mild sensor noise.
+``mask * render + (1 - mask) * background`` plus mild sensor noise. That is the default
+``style='flat'``; ``style='photo'`` adds a forearm or sleeve, blotchy skin, cluttered scene
+backgrounds, occluders (left out of the mask), camera blur and a JPEG quality per image, with
+the same labels (module ``photo``).
 
 Every random number of sample ``i`` of a split comes from ``(seed, split, i)`` alone, so a
 sample does not depend on batching, on how many samples are made, on the number of worker
@@ -33,7 +36,8 @@ Modules, one job each:
 
 - ``scene``: :class:`HandSynthesizer` renders a batch of samples by ``(split, index)``
   (sampling, posing, camera, shading, render, composite); :class:`SynthBatch`.
-- ``backgrounds``: :func:`make_background` and the user's background images.
+- ``backgrounds``: :func:`make_background`, the photo style's scene backgrounds, the user's images.
+- ``photo``: the photo style's forearm, skin, occluders and camera blur.
 - ``labels``: a chunk's labels as JSON text.
 - ``images``: a chunk's JPEG files; removal of uncommitted ones.
 - ``pool``: chunks made in this process or in worker processes.
