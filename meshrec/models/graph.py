@@ -18,6 +18,10 @@ from torch import nn
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import project_points
 
+GATHER_BLOCK_BYTES = 2 << 20
+"""Largest gathered neighbourhood block a spiral convolution builds at once (2 MiB: measured best
+of 1, 2, 4 and 8 MiB on 2 CPU cores, docs/benchmarks.md)."""
+
 
 def pixels_to_grid(uv: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Image pixels to ``grid_sample`` coordinates (``align_corners=False``).
@@ -89,14 +93,15 @@ def spiral_gather(features: torch.Tensor, spirals: torch.Tensor) -> torch.Tensor
 
     Args:
         features: ``(B, V, C)``.
-        spirals: ``(V, S)`` int64; ``spirals[v]`` lists v's neighbourhood, v first.
+        spirals: ``(N, S)`` int64; ``spirals[n]`` lists a vertex's neighbourhood, the vertex
+            first (N = V for the whole mesh, fewer for a block of its vertices).
 
     Returns:
-        ``(B, V, S * C)``; row v holds ``features[:, spirals[v, 0]], features[:, spirals[v, 1]], ...``.
+        ``(B, N, S * C)``; row n holds ``features[:, spirals[n, 0]], features[:, spirals[n, 1]], ...``.
     """
-    batch, num_vertices, channels = features.shape
+    batch, channels = features.shape[0], features.shape[2]
     gathered = features.index_select(1, spirals.reshape(-1))
-    return gathered.view(batch, num_vertices, spirals.shape[1] * channels)
+    return gathered.view(batch, spirals.shape[0], spirals.shape[1] * channels)
 
 
 class SpiralConv(nn.Module):
@@ -115,12 +120,24 @@ class SpiralConv(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, V, C_in)`` -> ``(B, V, C_out)``."""
-        if features.shape[1] != self.spirals.shape[0] or features.shape[2] * self.spirals.shape[1] != self.linear.in_features:
+        batch, num_vertices, channels = features.shape
+        if num_vertices != self.spirals.shape[0] or channels * self.spirals.shape[1] != self.linear.in_features:
             raise MeshrecError(
                 f"SpiralConv expects features (B, {self.spirals.shape[0]}, "
                 f"{self.linear.in_features // self.spirals.shape[1]}), got {tuple(features.shape)}"
             )
-        return self.linear(spiral_gather(features, self.spirals))
+        # The gathered neighbourhoods are S times the features: built whole for a batch they are
+        # tens of MB, which the allocator hands back to the OS and page-faults in again on every
+        # call (a fifth of a batch-32 forward). Vertex blocks keep each under GATHER_BLOCK_BYTES.
+        per_vertex = batch * self.spirals.shape[1] * channels * features.element_size()
+        block = max(1, GATHER_BLOCK_BYTES // per_vertex)
+        if num_vertices <= block:
+            return self.linear(spiral_gather(features, self.spirals))
+        return torch.cat(
+            [self.linear(spiral_gather(features, self.spirals[start : start + block]))
+             for start in range(0, num_vertices, block)],
+            dim=1,
+        )  # fmt: skip
 
 
 class SpiralBlock(nn.Module):
