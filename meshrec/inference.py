@@ -826,7 +826,7 @@ def predict_images(
             sheet.append((_thumbnail(drawn), stems[position]))
         return [path]
 
-    def flush(batch: list[tuple[int, PreparedCrop]], bar) -> None:
+    def flush(batch: list[tuple[int, PreparedCrop]]) -> None:
         if not batch:
             return
         crops = [crop for _, crop in batch]
@@ -835,14 +835,20 @@ def predict_images(
             stem = stems[position] if crop.hand is None else f"{stems[position]}_hand{crop.hand}"
             try:
                 files = write_outputs(out_dir, stem, prediction, crops, index, formats)
-                if overlay:
-                    drawn_of.setdefault(position, []).append(
-                        (prediction.vertices[index], prediction.faces_of(index), crop.K_image))
-                    files += tuple(draw_photo(position, crop))
             except (MeshrecError, OSError) as error:
                 summary.failures.append(Failure(crop.request.name, f"cannot write outputs: {error}"))
-                if overlay:
-                    draw_photo(position, crop)
+                files = None
+            if overlay:  # once per hand, written or not, so the photo's overlay comes after its last hand
+                if files is not None:
+                    drawn_of.setdefault(position, []).append(
+                        (prediction.vertices[index], prediction.faces_of(index), crop.K_image))
+                try:
+                    overlay_files = draw_photo(position, crop)
+                except (MeshrecError, OSError) as error:
+                    summary.failures.append(Failure(crop.request.name, f"cannot write the overlay: {error}"))
+                    overlay_files = []
+                files = None if files is None else files + tuple(overlay_files)
+            if files is None:
                 continue
             summary.results.append(
                 ImageResult(
@@ -867,8 +873,8 @@ def predict_images(
             for crop in outcome:
                 batch.append((position, crop))
                 if len(batch) == batch_size:
-                    flush(batch, bar)
-        flush(batch, bar)
+                    flush(batch)
+        flush(batch)
     if contact_sheet and sheet:
         from meshrec.viz import contact_sheet as make_sheet
 
