@@ -144,3 +144,26 @@ def test_photo_overlay_of_a_big_photo_is_drawn_small_in_the_same_place():
     covered_small = (small != 30).any(-1)
     shrunk = covered_full.reshape(256, 4, 256, 4).mean(axis=(1, 3)) > 0.5
     assert (shrunk == covered_small).mean() > 0.98 and covered_small.sum() > 100
+
+
+def test_grey_transparent_and_rotated_photos_reach_the_detector_as_upright_rgb(model, tmp_path, monkeypatch):
+    """As without the detector: grey and RGBA photos are read as RGB, EXIF-rotated ones upright."""
+    seen = {}
+
+    def detect_hands(image, **_):
+        seen[image.shape] = image.dtype
+        return [SimpleNamespace(keypoints2d=_keypoints((20, 20, 60, 60)), side="right", score=0.9, box=None)]
+
+    monkeypatch.setattr(meshrec.detect, "detect_hands", detect_hands)
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(np.full((100, 120), 80, np.uint8)).save(folder / "grey.png")
+    Image.fromarray(np.full((110, 120, 4), 80, np.uint8)).save(folder / "rgba.png")
+    rotated = Image.fromarray(np.full((90, 140, 3), 80, np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    rotated.save(folder / "rotated.jpg", exif=exif)
+    requests = [ImageRequest(folder / name) for name in ("grey.png", "rgba.png", "rotated.jpg")]
+    summary = predict_images(model, requests, tmp_path / "out", detect=True, progress=False)
+    assert len(summary.results) == 3 and not summary.failures
+    assert seen == {(100, 120, 3): np.uint8, (110, 120, 3): np.uint8, (140, 90, 3): np.uint8}
