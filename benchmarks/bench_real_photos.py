@@ -39,11 +39,13 @@ def main() -> None:
     parser.add_argument("folders", nargs="*", type=Path, default=[ROOT / "tests" / "fixtures" / "photos"])
     parser.add_argument("--checkpoint", default=None, help="default: the bundled model")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_real_photos")
+    parser.add_argument("--box-padding", type=float, default=None, help="crop side / keypoint extent (default: predict's)")
     args = parser.parse_args()
 
     model = HandMeshReconstructor.load(args.checkpoint)
     requests = [request for folder in args.folders for request in collect_requests(folder)[0]]
-    summary = predict_images(model, requests, args.out, detect=True, overlay=True, contact_sheet=True, progress=False)
+    padding = {} if args.box_padding is None else {"box_padding": args.box_padding}
+    summary = predict_images(model, requests, args.out, detect=True, overlay=True, contact_sheet=True, progress=False, **padding)
     rows, errors = [], {"mesh": [], "head": []}
     for result in summary.results:
         record = json.loads((args.out / f"{result.stem}.json").read_text())
