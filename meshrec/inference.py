@@ -50,8 +50,10 @@ from meshrec.data.crop import (
     check_box_padding,
     crop_image,
     crop_transform,
+    full_image_box,
     hand_crop_box,
     image_intrinsics_for_crop,
+    transform_intrinsics,
     transform_points,
 )
 from meshrec.detect import DetectorUnavailableError
@@ -70,6 +72,7 @@ __all__ = [
     "PredictSummary",
     "check_mesh_formats",
     "collect_requests",
+    "read_request_image",
     "prepare_crop",
     "prepare_crops",
     "crop_from_image",
@@ -341,8 +344,9 @@ def collect_requests(
 # --------------------------------------------------------------------------- crops
 
 
-def _open_image(request: ImageRequest, exif_transpose: bool):
-    """The image as a Pillow image in RGB mode, or :class:`ImageSkipped` saying why not."""
+def read_request_image(request: ImageRequest, exif_transpose: bool = True):
+    """The image of ``request`` as a Pillow image in RGB mode (EXIF orientation applied; grey,
+    palette and CMYK converted, alpha dropped), or :class:`ImageSkipped` saying why not."""
     from PIL import Image
 
     from meshrec.data.images import open_image
@@ -382,7 +386,7 @@ def prepare_crop(
         MeshrecError: ``box_padding`` is not a number > 0.
     """
     box_padding = check_box_padding(box_padding)
-    return crop_from_image(_open_image(request, exif_transpose), request, crop_size, box_padding=box_padding,
+    return crop_from_image(read_request_image(request, exif_transpose), request, crop_size, box_padding=box_padding,
                            default_fov_deg=default_fov_deg)  # fmt: skip
 
 
@@ -408,7 +412,7 @@ def prepare_crops(
         meshrec.detect.DetectorUnavailableError: ``detect`` and the detector is not installed.
     """
     box_padding = check_box_padding(box_padding)
-    image = _open_image(request, exif_transpose)
+    image = read_request_image(request, exif_transpose)
     _check_image_size(image, request)
     photo = image if keep_photo else None
     if not detect or request.box is not None or request.keypoints2d is not None:
@@ -637,12 +641,14 @@ def write_outputs(
     return tuple(written)
 
 
-def _thumbnail(image: np.ndarray, side: int = 320) -> np.ndarray:
-    """``image`` shrunk to fit ``side`` x ``side`` (aspect kept)."""
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    """``image`` shrunk to a contact sheet's cell (aspect kept): kept instead of whole overlays."""
     from PIL import Image
 
+    from meshrec.viz import CONTACT_SHEET_CELL
+
     picture = Image.fromarray(image)
-    picture.thumbnail((side, side))
+    picture.thumbnail((CONTACT_SHEET_CELL, CONTACT_SHEET_CELL))
     return np.asarray(picture)
 
 
@@ -678,12 +684,10 @@ def photo_overlay(photo, hands: Sequence[tuple[torch.Tensor, torch.Tensor, torch
     scale = min(1.0, max_side / max(width, height))
     if scale < 1.0:
         photo = photo.resize((max(1, round(width * scale)), max(1, round(height * scale))))
-    sx, sy = photo.size[0] / width, photo.size[1] / height
-    # pixel centres at integers: u' = sx (u + 0.5) - 0.5
-    rescale = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    resize = crop_transform(full_image_box(height, width, dtype=torch.float64), (photo.size[1], photo.size[0]))
     drawn = np.asarray(photo.convert("RGB"), dtype=np.uint8)
     for vertices, faces, K in hands:
-        drawn = _overlay(drawn, vertices, faces, rescale @ K.detach().cpu().double(), renderer,
+        drawn = _overlay(drawn, vertices, faces, transform_intrinsics(K.detach().cpu().double(), resize), renderer,
                          colors=PHOTO_OVERLAY_COLOUR, alpha=PHOTO_OVERLAY_ALPHA)  # fmt: skip
     return drawn
 

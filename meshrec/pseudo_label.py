@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from manolayer.io import write_bytes_atomic
-from meshrec.errors import DatasetError, MeshrecError
+from meshrec.errors import MeshrecError
 
 __all__ = ["PseudoLabelSummary", "pseudo_label", "hand_record"]
 
@@ -84,9 +84,8 @@ def pseudo_label(
         MeshrecError: ``images`` holds no image, or ``out_path`` is not ``.jsonl``.
         meshrec.detect.DetectorUnavailableError: the detector is not installed.
     """
-    from meshrec.data.images import open_image
     from meshrec.detect import detect_hands
-    from meshrec.inference import collect_requests
+    from meshrec.inference import ImageSkipped, collect_requests, read_request_image
 
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".jsonl":
@@ -98,9 +97,9 @@ def pseudo_label(
     for request in requests:
         name = str(request.image)
         try:
-            image = open_image(Path(request.image), exif_transpose=exif_transpose).convert("RGB")
-        except DatasetError as error:
-            summary.failures.append((name, str(error).removeprefix(f"{request.image}: ")))
+            image = read_request_image(request, exif_transpose)
+        except ImageSkipped as error:
+            summary.failures.append((name, error.reason))
             continue
         hands = detect_hands(image, max_hands=max_hands, min_confidence=min_confidence)
         summary.hands_per_image[name] = len(hands)

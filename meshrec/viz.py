@@ -692,9 +692,13 @@ def _refinement_steps_matplotlib(meshes, faces, names, moved):
     return figure
 
 
+CONTACT_SHEET_CELL = 320
+"""Side (pixels) of a contact sheet's square cells."""
+
+
 def contact_sheet(
     images: Sequence[np.ndarray], labels: Sequence[str] | None = None, *, columns: int | None = None,
-    cell: int = 320, gap: int = 8,
+    cell: int = CONTACT_SHEET_CELL, gap: int = 8,
 ) -> np.ndarray:  # fmt: skip
     """Many pictures on one sheet: each ``(H, W, 3)`` uint8 fitted (aspect kept) into a ``cell``
     square on a dark background, in rows of ``columns`` (default: a near-square grid), with its
