@@ -253,7 +253,9 @@ _DETECTORS_LOCK = threading.Lock()
 
 
 def _hands_module():
-    """``mediapipe.solutions.hands``, imported now (every call: a later uninstall is noticed)."""
+    """``mediapipe.solutions.hands`` (looked up on every call, a dictionary lookup once imported, so a
+    process whose mediapipe is made unimportable, e.g. ``sys.modules['mediapipe'] = None``, gets the
+    install message even with a detector cached)."""
     try:
         import mediapipe
     except ImportError as error:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from meshrec.data import blur
 from meshrec.errors import MeshrecError
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -164,30 +165,14 @@ CLUTTER_BLUR_SIGMA = (1.0, 4.0)  # pixels at 128 px, scaled with the image side
 FLOOR_SHARE = 0.5  # share of scene backgrounds that start from a wall over a floor/table
 
 
-@functools.lru_cache(maxsize=256)
-def _gaussian_kernel(sigma_centi_px: int) -> torch.Tensor:
-    """``(2 r + 1,)`` float32 Gaussian weights of ``sigma_centi_px / 100`` pixels, ``r = ceil(3 sigma)``, summing to 1."""
-    sigma = sigma_centi_px / 100.0
-    offsets = np.arange(-int(np.ceil(3 * sigma)), int(np.ceil(3 * sigma)) + 1)
-    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return torch.from_numpy((weights / weights.sum()).astype(np.float32))
-
-
 def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """``(H, W, C)`` float32 image blurred by a Gaussian of ``sigma`` pixels (rounded to 0.01 px),
-    the border pixels repeated outward; sigma below 0.05 px returns the image unchanged."""
+    """``(H, W, C)`` float32 image blurred by a Gaussian of ``sigma`` pixels
+    (:func:`meshrec.data.blur.gaussian_blur`, borders mirrored); sigma below 0.05 px returns the
+    image unchanged."""
     if sigma < 0.05:
         return image
-    import torch.nn.functional as F
-
-    kernel = _gaussian_kernel(int(round(sigma * 100)))
-    radius = (kernel.numel() - 1) // 2
-    channels = image.shape[2]
     planes = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]  # (1, C, H, W)
-    padded = F.pad(planes, (radius, radius, radius, radius), mode="replicate")
-    across = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    down = F.conv2d(across, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-    return down[0].numpy().transpose(1, 2, 0)
+    return blur.gaussian_blur(planes, float(sigma))[0].numpy().transpose(1, 2, 0)
 
 
 def _muted_colour(rng: np.random.Generator) -> np.ndarray:

@@ -61,7 +61,7 @@ def _json_entries(values: np.ndarray) -> bytes:
     scaled = np.rint(values * scale)  # np.round's own steps: multiply, rint, divide
     if not np.isfinite(scaled).all():
         raise MeshrecError(f"labels must be finite, got {values[~np.isfinite(scaled)][:3].tolist()}")
-    if LABEL_DECIMALS != 6 or values.size == 0 or np.abs(values).max() >= _FAST_LABEL_LIMIT:
+    if values.size == 0 or np.abs(values).max() >= _FAST_LABEL_LIMIT:
         return ",".join(json.dumps(entry.tolist(), separators=(",", ":")) for entry in scaled / scale).encode()
     batch, entry_shape = values.shape[0], values.shape[1:]
     negative = np.signbit(scaled / scale).ravel()  # a value that rounds to -0.0 keeps its sign

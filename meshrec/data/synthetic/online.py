@@ -22,7 +22,8 @@ class SyntheticHandDataset(torch.utils.data.Dataset):
         num_samples: length of the data set.
         size: image side, pixels.
         seed: seed of the data set.
-        model, backgrounds, style: as for :class:`HandSynthesizer` (``'flat'`` or ``'photo'``).
+        model, backgrounds, style: as for :class:`HandSynthesizer` (``'flat'`` or ``'photo'``; the
+            photo style's random JPEG quality is the writer's, not applied here).
     """
 
     def __init__(

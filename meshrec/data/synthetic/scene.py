@@ -7,8 +7,9 @@ sensor noise. Every random number of sample ``i`` comes from ``(seed, split, i)`
 
 Two styles (``STYLES``): ``'flat'``, the hand alone over noise, gradient or sinusoid
 backgrounds; ``'photo'`` (see :mod:`meshrec.data.synthetic.photo`), the same hands and
-labels with a forearm or sleeve, blotchy skin, cluttered scene backgrounds, occluders,
-camera blur and a random JPEG quality.
+labels (the mask aside: it leaves out the forearm and occluders) with a forearm or sleeve,
+blotchy skin, cluttered scene backgrounds, occluders and camera blur; the writer also encodes its
+images at a random JPEG quality (the on-the-fly dataset does not).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import meshrec.data.synthetic.photo as photo
 from meshrec.data.synthetic.backgrounds import list_background_images, make_background, make_scene_background
 from meshrec.data.synthetic.timing import PhaseClock
 from meshrec.errors import MeshrecError
-from meshrec.geometry.camera import default_intrinsics
+from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.normals import vertex_normals
 
 _PLACEMENT_ITERATIONS = 4
@@ -39,6 +40,7 @@ GENERATOR_VERSIONS = {"flat": GENERATOR_VERSION, "photo": "3"}
 SPLIT_CODES = {"training": 0, "evaluation": 1, "online": 2}
 GEOMETRY_QUANTUM = 1e-7  # metres / radians: posed geometry is rounded to this
 POSE_BLOCK = 64  # samples whose pose angles and global rotations are drawn together
+POSE_BLOCK_CACHE = 2048  # blocks kept (~12 kB each): a shuffled on-the-fly set draws each once
 
 # Sampling ranges (what makes the data set look as it does).
 BETA_RANGE = 2.0
@@ -154,8 +156,8 @@ class HandSynthesizer:
         model: MANO-format model (path or ``ManoModel``) of the right hand; None: the open hand.
             The left hand is its mirror image.
         backgrounds: folder of images to crop backgrounds from, or None.
-        style: ``'flat'`` or ``'photo'`` (``STYLES``; see the module docstring). The labels of
-            a sample do not depend on it.
+        style: ``'flat'`` or ``'photo'`` (``STYLES``; see the module docstring). A sample's
+            labels other than the mask do not depend on it.
     """
 
     def __init__(
@@ -225,7 +227,9 @@ class HandSynthesizer:
             generator = torch.Generator().manual_seed(_block_seed(self.seed, split, block))
             angles = sample_anatomical_angles(POSE_BLOCK, mode="mixture", generator=generator)
             orients = sample_global_orient(POSE_BLOCK, generator=generator)
-            self._block_cache = {key: (angles, orients)}  # chunks run in order: one block is enough
+            if len(self._block_cache) >= POSE_BLOCK_CACHE:  # drop the oldest: writers run in order,
+                del self._block_cache[next(iter(self._block_cache))]  # shuffled training loaders do not
+            self._block_cache[key] = (angles, orients)
         return self._block_cache[key]
 
     def render(self, split: str, indices: Sequence[int]) -> SynthBatch:
@@ -344,7 +348,7 @@ class HandSynthesizer:
         backgrounds *= 255.0
         composite = np.where(np.repeat(rendered.mask[..., None], 3, axis=-1), rendered.rgb, backgrounds)
         K_np = K.numpy()
-        keypoints = joints_np[..., :2] / joints_np[..., 2:] * K_np[:, None, [0, 1], [0, 1]] + K_np[:, None, [0, 1], 2]
+        keypoints = project_points(joints, K).numpy()  # where occluders go
         bank = _noise_bank()
         pixels = composite[0].size
         for b, p in enumerate(params):
