@@ -437,6 +437,47 @@ def test_generic_whole_file_faults(tmp_path):
         KeypointsJsonDataset(tmp_path / "absent.json")
 
 
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_held_out_split_is_by_image_stable_and_order_free(tmp_path):
+    from meshrec.data.keypoints_json import split_by_image
+
+    records = generic_records(tmp_path, count=40)
+    records = [r for r in records if "joints2d" in r] + [dict(r, side="left") for r in records[:10]]  # two hands in ten photos
+    dataset = KeypointsJsonDataset(write_jsonl(tmp_path / "labels.jsonl", records), crop_size=16)
+
+    def held_out_images(data, fraction=0.3, seed=0):
+        return {data.image_of(p) for p in split_by_image(data, fraction, seed)[1]}
+
+    train, held_out = split_by_image(dataset, 0.3)
+    assert sorted(train + held_out) == list(range(len(dataset)))
+    images = held_out_images(dataset)
+    assert 4 <= len(images) <= 20  # about 30 % of 39 images
+    assert not images & {dataset.image_of(p) for p in train}  # both hands of a photo on the same side
+    reversed_file = KeypointsJsonDataset(write_jsonl(tmp_path / "reversed.jsonl", records[::-1]), crop_size=16)
+    assert held_out_images(reversed_file) == images
+    more = [dict(r, image=f"more/{r['image']}") for r in generic_records(tmp_path / "more", 8, seed=1)]
+    grown = KeypointsJsonDataset(write_jsonl(tmp_path / "grown.jsonl", records + more), crop_size=16)
+    assert len(grown) == len(dataset) + 8
+    assert held_out_images(grown) - images <= {grown.image_of(p) for p in range(len(dataset), len(grown))}
+    assert held_out_images(grown) >= images  # earlier images stay where they were
+    assert held_out_images(dataset, seed=1) != images
+    assert split_by_image(dataset, 0.0) == (list(range(len(dataset))), [])
+
+
+def test_held_out_split_refuses_an_empty_side(tmp_path):
+    from meshrec.data.keypoints_json import split_by_image
+
+    one_photo = KeypointsJsonDataset(write_jsonl(tmp_path / "one.jsonl", generic_records(tmp_path, count=1)), crop_size=16)
+    with pytest.raises(MeshrecError, match=r"one.jsonl: holding out 50% of the images leaves (1 training and 0|0 training and 1) held-out.*data.val_root"):
+        split_by_image(one_photo, 0.5)
+    with pytest.raises(MeshrecError, match=r"fraction must be in \[0, 1\), got 1.0"):
+        split_by_image(one_photo, 1.0)
+
+
 # ---------------------------------------------------------------------------------------
 # Crops
 # ---------------------------------------------------------------------------------------

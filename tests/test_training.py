@@ -87,6 +87,24 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
         train(tiny_config(run_dir))
 
 
+def test_keypoint_labels_train_2d_only_and_score_a_held_out_split(tmp_path):
+    import csv
+
+    from meshrec.training.run import train
+    from tests.test_data import generic_records, write_jsonl
+
+    records = [{"image": r["image"], "joints2d": r["joints2d"]} for r in generic_records(tmp_path, count=20) if "joints2d" in r]
+    labels = write_jsonl(tmp_path / "labels.jsonl", records)
+    data = {"kind": "keypoints_json", "root": str(labels), "supervision": "joints2d", "val_fraction": 0.25}
+    result = train(tiny_config(tmp_path / "run", data=data, trainer={"max_epochs": 1}))
+    rows = list(csv.DictReader(open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv")))
+    scored = [r for r in rows if r.get("val/keypoints2d_px")]
+    assert scored and float(scored[-1]["val/joints2d_px"]) > 0 and not any(r.get("val/pa_mpvpe_mm") for r in rows)
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()  # chosen by the 2D score
+    with pytest.raises(MeshrecError, match=r"data.val_fraction must be in \[0, 1\)"):
+        tiny_config(tmp_path / "bad", data=dict(data, val_fraction=1.5))
+
+
 def test_exported_weights_start_a_new_run_and_its_checkpoint_outlives_the_file(tmp_path):
     """``meshrec export-weights`` -> ``model.weights=FILE`` -> a checkpoint that loads even after
     FILE is gone (the checkpoint holds every weight)."""

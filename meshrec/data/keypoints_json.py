@@ -45,6 +45,7 @@ ones (median error within ``max(4 px, 3 %`` of the image's longer side)).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,14 @@ from meshrec.sides import side_to_flag
 from meshrec.errors import DatasetError, MeshrecError
 from meshrec.geometry.camera import DEFAULT_FOV_DEG, default_intrinsics, project_points
 
-__all__ = ["KeypointsJsonDataset", "KeypointRecord", "parse_keypoint_record", "read_keypoint_records", "RECORD_KEYS"]
+__all__ = [
+    "KeypointsJsonDataset",
+    "KeypointRecord",
+    "parse_keypoint_record",
+    "read_keypoint_records",
+    "split_by_image",
+    "RECORD_KEYS",
+]
 
 RECORD_KEYS = ("image", "joints2d", "visible", "K", "joints3d", "mano", "vertices", "side", "box", "meta")
 _MANO_KEYS = ("pose", "betas")
@@ -317,6 +325,10 @@ class KeypointsJsonDataset(HandDataset):
                         "and K in pixels of this image?"
                     )
 
+    def image_of(self, position: int) -> Path:
+        """The image of the sample at ``position`` (absolute path)."""
+        return self.records[int(self._item_ids[position])].image
+
     def _load(self, position: int) -> HandSample:
         index = int(self._item_ids[position])
         record = self.records[index]
@@ -355,3 +367,32 @@ class KeypointsJsonDataset(HandDataset):
         if self.crop_size is None:
             return sample
         return crop_sample(sample, self.crop_size, box=box, padding=1.0)
+
+
+def split_by_image(dataset: KeypointsJsonDataset, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Positions of ``dataset`` for training and for a held-out split of about ``fraction`` of its images.
+
+    An image goes to the held-out split by a hash of ``seed`` and its path relative to the label
+    file's folder, so every hand of one photo lands on the same side, the split does not depend
+    on record order, and records added to the file later keep the earlier images where they were.
+
+    Raises:
+        MeshrecError: ``fraction`` not in [0, 1), or no image left on one side (with the counts).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise MeshrecError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    train, held_out = [], []
+    for position in range(len(dataset)):
+        image = dataset.image_of(position)
+        try:
+            name = image.relative_to(dataset.path.parent.resolve()).as_posix()
+        except ValueError:
+            name = image.as_posix()
+        digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+        (held_out if int.from_bytes(digest[:8], "big") / 2**64 < fraction else train).append(position)
+    if fraction > 0 and (not train or not held_out):
+        raise MeshrecError(
+            f"{dataset.path}: holding out {fraction:.0%} of the images leaves {len(train)} training and "
+            f"{len(held_out)} held-out samples; label more images, change data.val_fraction, or give data.val_root"
+        )
+    return train, held_out

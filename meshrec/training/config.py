@@ -29,7 +29,9 @@ class DataConfig:
             (your images with a JSON/JSONL label file).
         root: the dataset folder (synthetic, freihand) or the label file (keypoints_json).
         val_root: validation data: for folders, defaults to ``root``'s evaluation split; for
-            keypoints_json, another label file (None: no validation).
+            keypoints_json, another label file (None: ``val_fraction`` of ``root``'s images).
+        val_fraction: keypoints_json without ``val_root``: share of the label file's images held
+            out for validation (:func:`meshrec.data.keypoints_json.split_by_image`; 0: none).
         train_samples, val_samples: sizes of on-the-fly synthetic sets.
         supervision: labels training sees: ``'full'``, ``'joints3d'`` (3D + 2D keypoints),
             ``'joints2d'`` (2D keypoints only), or ``'mixed'`` (``mesh_fraction`` full, the
@@ -43,6 +45,7 @@ class DataConfig:
     kind: str = "synthetic"
     root: str | None = None
     val_root: str | None = None
+    val_fraction: float = 0.0
     train_samples: int = 4000
     val_samples: int = 256
     supervision: str = "full"
@@ -58,6 +61,8 @@ class DataConfig:
             raise MeshrecError(f"data.kind must be one of {DATA_KINDS}, got {self.kind!r}")
         if self.supervision not in SUPERVISIONS:
             raise MeshrecError(f"data.supervision must be one of {SUPERVISIONS}, got {self.supervision!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise MeshrecError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.mesh_fraction < 1.0:
             raise MeshrecError(f"data.mesh_fraction must be in (0, 1), got {self.mesh_fraction}")
         if self.kind != "synthetic" and not self.root:

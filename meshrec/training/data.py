@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from meshrec.cache import cache_root
 from meshrec.data.augment import AugmentParams, AugmentSettings, augment_batch, sample_augment_params
 from meshrec.data.freihand import FreiHandDataset
-from meshrec.data.keypoints_json import KeypointsJsonDataset
+from meshrec.data.keypoints_json import KeypointsJsonDataset, split_by_image
 from meshrec.data.mixed import MixedDataset
 from meshrec.data.sample import collate_hand_samples
 from meshrec.data.supervision import WithLabels
@@ -138,9 +138,14 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         cache = cache_root() / "labels"
         train = FreiHandDataset(data.root, "training", crop_size=size, cache_dir=cache)
         val = FreiHandDataset(data.val_root or data.root, "evaluation", crop_size=size, cache_dir=cache)
+    elif data.val_root:
+        train, val = KeypointsJsonDataset(data.root, crop_size=size), KeypointsJsonDataset(data.val_root, crop_size=size)
+    elif data.val_fraction > 0:
+        labels = KeypointsJsonDataset(data.root, crop_size=size)
+        train_positions, val_positions = split_by_image(labels, data.val_fraction, data.seed)
+        train, val = Subset(labels, train_positions), Subset(labels, val_positions)
     else:
-        train = KeypointsJsonDataset(data.root, crop_size=size)
-        val = KeypointsJsonDataset(data.val_root, crop_size=size) if data.val_root else None
+        train, val = KeypointsJsonDataset(data.root, crop_size=size), None
     return with_supervision(train, config), val
 
 
