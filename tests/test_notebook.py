@@ -78,7 +78,7 @@ def test_committed_notebook_is_stripped_and_valid():
         f"{NOTEBOOK.name} holds execution metadata; run: .venv/bin/python tests/test_notebook.py {NOTEBOOK}"
     )
     source = parameters_cell(notebook).source
-    for name in ("CHECKPOINT = None", "TRAIN = False", "QUICK = True", "OUT = "):
+    for name in ("CHECKPOINT = None", "TRAIN = False", "QUICK = True", "OUT = ", "DEMO = "):
         assert name in source
 
 
@@ -133,7 +133,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     out = tmp_path / "out"
-    parameters_cell(notebook).source = f"CHECKPOINT = None\nTRAIN = False\nQUICK = True\nOUT = {str(out)!r}\n"
+    parameters_cell(notebook).source = f"CHECKPOINT = None\nTRAIN = False\nQUICK = True\nOUT = {str(out)!r}\nDEMO = None\n"
     client = NotebookClient(
         notebook, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S,
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},  # Jupyter starts in the notebook's folder
@@ -149,6 +149,9 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     meshes = sorted(p.name for p in (out / "meshes").iterdir())
     assert len(meshes) == 8 and any("left" in name for name in meshes) and any("right" in name for name in meshes)
     assert "model: bundled synthetic-hands" in text and not (out / "train_quick").exists()  # TRAIN = False
+    # section 8: DEMO = None, so a few 2D-only steps here on photo-style hands, scored before and after
+    assert "fine-tuned 4 steps on 2D keypoints only" in text and (out / "finetune_joints2d" / "checkpoints" / "last.ckpt").exists()
+    assert "bundled: PA-MPVPE" in text and "2D-only fine-tuned: PA-MPVPE" in text
     assert (tmp_path / "cache").is_dir(), "the kernel did not use the test's cache folder"
 
 
