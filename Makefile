@@ -42,7 +42,7 @@ bench: setup
 # Rebuilds meshrec's bundled model ('synthetic-hands': the whole network) from nothing:
 # 100,000 synthetic hands (seed 11), stage 1 without the refinement (configs/model_stage1.yaml,
 # 50 minutes), stage 1b trains it on (configs/model_stage1b.yaml, 85 minutes), stage 2 with the
-# refinement (configs/model.yaml, 38 minutes), the accuracy benchmark, export.
+# refinement (configs/model.yaml, 34 minutes), the accuracy benchmark, export.
 # About 3 hours on 2 CPU cores; far less on a GPU (trainer.accelerator=auto picks it).
 model: setup
 	$(BIN)/meshrec synth --out data/model --num 100000 --seed 11 --eval-fraction 0.02 --no-progress
