@@ -238,7 +238,9 @@ def _score(model, data: Path, checkpoint: str, progress: bool):
 
 
 def _final(result) -> dict[str, float]:
-    scores = result.stages[list(result.stages)[-1]]
+    from meshrec.metrics import final_stage
+
+    scores = result.stages[final_stage(result.stages)]
     return {key: float(scores[key]) for key in SCORE_KEYS}
 
 
