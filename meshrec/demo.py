@@ -185,6 +185,10 @@ def format_demo_table(before, mean_hand, runs: list[DemoRun], recovered, setting
         share = recovered[run.kind]
         lines.append(row(f"fine-tuned: {LABEL_KINDS[run.kind]}", run.steps, run.scores,
                          "-" if np.isnan(share) else f"{100 * share:.0f} %"))
+    short = [LABEL_KINDS[run.kind] for run in runs if run.steps < settings.steps]
+    if short:
+        lines += ["", f"Stopped by the {settings.minutes:g}-minute cap before {settings.steps} steps (a busy machine?): "
+                  f"{', '.join(short)}; the runs are not comparable step for step."]
     return "\n".join(lines)
 
 

@@ -27,9 +27,12 @@ def test_shares_of_the_full_runs_gain():
     assert shares == pytest.approx({"joints2d": 0.5, "joints3d": 0.75, "full": 1.0})
     assert all(math.isnan(v) for v in recovered_shares(scores(9.0), runs).values())  # full gained nothing
     table = format_demo_table(scores(12.0), {"pa_mpvpe_mm": 13.0, "pa_mpjpe_mm": 14.0, "f5": 0.4, "f15": 0.8},
-                              runs, shares, DemoSettings(num_samples=100))
+                              runs, shares, DemoSettings(num_samples=100, steps=10))
     assert "| mean hand | - | 13.00 | 14.00 | 0.400 | 0.800 | - |  |" in table
     assert "| fine-tuned: 2D keypoints only | 10 | 11.00 | 12.00 | 0.500 | 0.900 | 6.00 | 50 % |" in table
+    assert "cap" not in table
+    capped = format_demo_table(scores(12.0), {}, runs, shares, DemoSettings(steps=20, minutes=5))
+    assert "Stopped by the 5-minute cap before 20 steps (a busy machine?): 2D keypoints only, sparse 3D" in capped
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
