@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.eval", "score a checkpoint on a FreiHAND-layout split, every stage, with a baseline"),
     "predict": ("pipelines.predict", "reconstruct hands in images: meshes (OBJ/PLY/GLB), joints JSON, overlays"),
     "pseudo-label": ("pipelines.pseudo_label", "label your photos' hands with the detector's 2D keypoints, for training"),
-    "demo": ("pipelines.demo", "render synthetic hands, train briefly with mixed labels, evaluate, export meshes"),
+    "demo": ("pipelines.demo", "weak labels on a shifted domain: fine-tune with 2D keypoints, 3D keypoints, meshes; compare"),
 }
 
 

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
         "meshes, scores each against a mean-hand baseline (FreiHAND protocol) and writes meshes and overlays.",
     )
     parser.add_argument("--out", type=Path, default=defaults.out, help=f"demo folder (default: {defaults.out})")
-    parser.add_argument("--steps", type=_positive_int, default=defaults.steps,
+    parser.add_argument("--steps", type=int, default=defaults.steps,
                         help=f"fine-tuning steps of each run, batch 32 (default: {defaults.steps})")
     parser.add_argument("--minutes", type=float, default=defaults.minutes,
                         help=f"wall-clock cap of each run in minutes (default: {defaults.minutes:g})")
@@ -33,13 +33,6 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
