@@ -139,13 +139,14 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoSummary:
     document = {
         "format": DEMO_JSON_FORMAT,
         "domain": {"data": str(data), "style": DOMAIN_STYLE, "num_samples": settings.num_samples, "seed": settings.seed},
-        "mean_hand": mean_hand,
-        "before": before,
-        "runs": [{"labels": r.kind, "checkpoint": str(r.checkpoint), "steps": r.steps, "scores": r.scores} for r in runs],
-        "recovered_share_of_full_gain": {k: (None if np.isnan(v) else v) for k, v in recovered.items()},
+        "mean_hand": _finite_or_none(mean_hand),
+        "before": _finite_or_none(before),
+        "runs": [{"labels": r.kind, "checkpoint": str(r.checkpoint), "steps": r.steps, "scores": _finite_or_none(r.scores)}
+                 for r in runs],
+        "recovered_share_of_full_gain": _finite_or_none(recovered),
         "units": {"*_mm": "millimetres after Procrustes alignment", "f5, f15": "fraction in [0, 1]", "joints2d_px": "pixels at 128 x 128"},
     }
-    write_bytes_atomic(out / "metrics.json", (json.dumps(document, indent=1) + "\n").encode())
+    write_bytes_atomic(out / "metrics.json", (json.dumps(document, indent=1, allow_nan=False) + "\n").encode())
 
     weak = HandMeshReconstructor.load(runs[0].checkpoint)
     files = write_predictions(bundled, weak, data, out / "predictions", settings.predictions)
@@ -246,6 +247,11 @@ def _final(result) -> dict[str, float]:
 
     scores = result.stages[final_stage(result.stages)]
     return {key: float(scores[key]) for key in SCORE_KEYS}
+
+
+def _finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a score that does not exist (the mean hand's 2D error) is null."""
+    return {key: (float(value) if np.isfinite(value) else None) for key, value in values.items()}
 
 
 def _free_run_dir(out: Path, name: str) -> Path:

@@ -48,7 +48,7 @@ def test_demo_end_to_end_with_one_step_per_run(tmp_path):
     summary = run_demo(DemoSettings(out=out, num_samples=40, steps=1, predictions=2, progress=False))
     assert [run.kind for run in summary.runs] == list(LABEL_KINDS) and all(run.steps == 1 for run in summary.runs)
     assert [run.checkpoint.parent.parent.name for run in summary.runs] == [f"finetune_{k}" for k in LABEL_KINDS]
-    document = json.loads((out / "metrics.json").read_text())
+    document = json.loads((out / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
     assert document["format"] == "meshrec.demo/1" and document["domain"]["style"] == "photo"
     assert set(document["recovered_share_of_full_gain"]) == set(LABEL_KINDS)
     assert np.isfinite(document["before"]["pa_mpvpe_mm"]) and document["mean_hand"]["pa_mpvpe_mm"] > 0
