@@ -122,11 +122,11 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoSummary:
     mean_hand = next(iter(before_result.baseline.values()))
     minutes["evaluate"] = (time.perf_counter() - start) / 60
 
-    runs = []
+    runs, tuned = [], {}
     for kind in LABEL_KINDS:
         start = time.perf_counter()
         result = _fine_tune(kind, data, out, settings)
-        model = HandMeshReconstructor.load(result.last_checkpoint)
+        model = tuned[kind] = HandMeshReconstructor.load(result.last_checkpoint)
         minutes[f"train {kind}"] = (time.perf_counter() - start) / 60
         start = time.perf_counter()
         scores = _final(_score(model, data, str(result.last_checkpoint), settings.progress))
@@ -148,8 +148,7 @@ def run_demo(settings: DemoSettings = DemoSettings()) -> DemoSummary:
     }
     write_bytes_atomic(out / "metrics.json", (json.dumps(document, indent=1, allow_nan=False) + "\n").encode())
 
-    weak = HandMeshReconstructor.load(runs[0].checkpoint)
-    files = write_predictions(bundled, weak, data, out / "predictions", settings.predictions)
+    files = write_predictions(bundled, tuned["joints2d"], data, out / "predictions", settings.predictions)
     return DemoSummary(out, table, before, mean_hand, runs, recovered, files, minutes)
 
 

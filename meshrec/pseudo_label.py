@@ -209,7 +209,7 @@ def match_mirrored_hands(
     others = [_keypoints(points, f"mirrored_back[{index}]") for index, points in enumerate(mirrored_back)]
     pairs = []
     for i, points in enumerate(hands):
-        size = max(hand_size(points), 1.0)  # a collapsed detection must not divide by zero
+        size = _matching_size(points)
         for j, other in enumerate(others):
             cost = float(np.linalg.norm(points - other, axis=1).mean()) / size
             if cost < max_distance:
@@ -221,6 +221,11 @@ def match_mirrored_hands(
             partners[i] = j
             taken.add(j)
     return partners
+
+
+def _matching_size(keypoints: np.ndarray) -> float:
+    """:func:`hand_size`, at least 1 px: a collapsed detection must not divide by zero."""
+    return max(hand_size(keypoints), 1.0)
 
 
 def detect_hands_with_flip_confidence(image, *, max_hands: int = 4, min_confidence: float = 0.5) -> list[tuple[object, np.ndarray | None]]:
@@ -253,8 +258,7 @@ def detect_hands_with_flip_confidence(image, *, max_hands: int = 4, min_confiden
     for hand, partner in zip(hands, partners):
         confidence = None
         if partner is not None:
-            size = max(hand_size(hand.keypoints2d), 1.0)  # as in match_mirrored_hands
-            confidence = flip_consistency_confidence(hand.keypoints2d, mirrored_back[partner], size)
+            confidence = flip_consistency_confidence(hand.keypoints2d, mirrored_back[partner], _matching_size(hand.keypoints2d))
         results.append((hand, confidence))
     return results
 

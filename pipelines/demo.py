@@ -7,6 +7,7 @@ sparse 3D keypoints and full meshes, and compare.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     before = summary.before["pa_mpvpe_mm"]
     for run in summary.runs:
         share = summary.recovered[run.kind]
-        recovered = "" if share != share else f"; {100 * share:.0f} % of what full meshes gain"
+        recovered = "" if math.isnan(share) else f"; {100 * share:.0f} % of what full meshes gain"
         print(f"meshrec demo: {LABEL_KINDS[run.kind]:<20} PA-MPVPE {before:.2f} -> {run.scores['pa_mpvpe_mm']:.2f} mm{recovered}")
     times = ", ".join(f"{name} {value:.1f}" for name, value in summary.minutes.items())
     print(
