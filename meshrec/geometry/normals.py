@@ -35,8 +35,13 @@ def _as_tensors(vertices, faces) -> tuple[torch.Tensor, torch.Tensor, bool]:
 
 def _area_weighted_face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """``(..., F, 3)`` ``(v1 - v0) x (v2 - v0)``: outward, of length twice the face's area."""
-    corners = vertices[..., faces, :]  # (..., F, 3 corners, 3 xyz)
-    return torch.linalg.cross(corners[..., 1, :] - corners[..., 0, :], corners[..., 2, :] - corners[..., 0, :], dim=-1)
+    # Gathered vertex-major with index_select: the same values as vertices[..., faces, :], but the
+    # backward adds whole (batch x xyz) rows (index_add on dim 0) instead of advanced indexing's
+    # accumulating index_put, ~3x faster on a CPU at batch 32 (the normals loss runs on every stage).
+    rows = vertices.movedim(-2, 0).contiguous()  # (V, ..., 3)
+    first, second, third = rows.index_select(0, faces.reshape(-1)).unflatten(0, faces.shape).unbind(1)  # (F, ..., 3) each
+    normals = torch.linalg.cross(second - first, third - first, dim=-1)
+    return normals.movedim(0, -2)  # (..., F, 3)
 
 
 def _unit(vectors: torch.Tensor) -> torch.Tensor:
