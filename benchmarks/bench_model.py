@@ -1,12 +1,17 @@
 """Cost of the reconstruction network: parameters, multiply-adds per stage, latency, throughput.
 
-Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoint C]
+Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoint C] [--train-steps 10]
 
 Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and convolutions —
 gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
 batch-1 forwards under torch.inference_mode; throughput is images/s at batch 32. Fixed depth t
 runs exactly t loop passes (tau = 1 never exits); "gate" uses the configured tau (with untrained
 weights its decisions are arbitrary: pass --checkpoint to measure a trained gate).
+
+The training step (``--train-steps`` > 0) is what ``meshrec train`` runs per batch: forward in
+training mode (every loop pass), every configured loss, backward, AdamW; on one batch of freshly
+rendered, fully labelled hands. The same network without its refinement (same weights
+otherwise) is timed interleaved with it, step for step, so both see the same machine.
 """
 
 from __future__ import annotations
@@ -49,13 +54,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint (measures the trained gate)")
+    parser.add_argument("--checkpoint", default=None, help="a trained checkpoint or weights file, 'synthetic-hands' for the bundled model (measures the trained gate)")
+    parser.add_argument("--train-steps", type=int, default=10, help="interleaved training steps to time (0: none)")
+    parser.add_argument("--no-inference", action="store_true", help="only the training step")
     args = parser.parse_args()
 
     if args.checkpoint:
-        model = HandMeshReconstructor.from_checkpoint(args.checkpoint)
+        model = HandMeshReconstructor.load(args.checkpoint)
     else:
         model = HandMeshReconstructor(ModelConfig(image_size=args.size))
+    if not args.no_inference:
+        time_inference(model, args)
+    if args.train_steps > 0:
+        compare_training_steps(model, args.size, args.batch, args.train_steps)
+
+
+def time_inference(model, args) -> None:
+    """Parameters, multiply-adds per stage, latency and throughput per depth (printed tables)."""
     model.eval()
     t_max = model.config.gate.max_passes
     one = torch.rand(1, 3, args.size, args.size)
@@ -90,6 +105,56 @@ def main() -> None:
             batch_time = median_seconds(lambda: model(many, **kwargs), max(5, args.repeats // 5), warmup=2)
             passes = model(many, **kwargs).passes_used.float().mean().item()
             print(f"| {label} | {costs[label]:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes:.2f} |")
+
+def training_step_seconds(model, batch, steps: int) -> list[float]:
+    """Seconds of ``steps`` training steps of ``model`` on ``batch`` (forward, losses, backward, AdamW)."""
+    from meshrec.losses import LossConfig, hand_losses
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        prediction = model(batch.image, batch.K, batch.side)
+        losses = hand_losses(
+            prediction, batch, LossConfig(), step=10**6, joint_regressor=model.joint_regressor,
+            mesh_levels=model.mesh_levels, faces=model.faces,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def compare_training_steps(model, size: int, batch_size: int, steps: int) -> None:
+    """Median training step with and without the refinement, interleaved (see the module docstring)."""
+    import copy
+    import dataclasses
+
+    from meshrec.data.sample import collate_hand_samples
+    from meshrec.data.synthetic import SyntheticHandDataset
+    from meshrec.models.reconstructor import HandMeshReconstructor
+
+    dataset = SyntheticHandDataset(batch_size, size=size, seed=0, model=model.config.hand_model)
+    batch = collate_hand_samples([dataset[i] for i in range(batch_size)])
+    with_refinement = copy.deepcopy(model)
+    config = dataclasses.replace(model.config, refinement=dataclasses.replace(model.config.refinement, enabled=False), weights=None)
+    without = HandMeshReconstructor(config)
+    without.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("refiner.")})
+    on, off = [], []
+    training_step_seconds(with_refinement, batch, 2)  # first steps build kernels and optimiser state
+    training_step_seconds(without, batch, 2)
+    for _ in range(steps):
+        on += training_step_seconds(with_refinement, batch, 1)
+        off += training_step_seconds(without, batch, 1)
+    median_on, median_off = statistics.median(on), statistics.median(off)
+    print(f"\ntraining step, batch {batch_size}, {steps} interleaved steps each (median):\n")
+    print("| network | s per step | images/s |\n|---|---:|---:|")
+    print(f"| refinement off | {median_off:.3f} | {batch_size / median_off:.0f} |")
+    print(f"| refinement + loop (T_max = {model.config.gate.max_passes}) | {median_on:.3f} | {batch_size / median_on:.0f} |")
+    print(f"\nratio on / off: {median_on / median_off:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -302,3 +302,15 @@ def test_bad_inputs_raise():
 def test_config_validation(overrides, field):
     with pytest.raises(MeshrecError, match=field):
         JointGroupsConfig(**overrides)
+
+
+def test_heatmap_spread_is_the_rms_distance_from_the_mean_against_a_direct_sum():
+    from meshrec.models.joint_groups import heatmap_spread
+
+    generator = torch.Generator().manual_seed(0)
+    heatmaps = torch.softmax(torch.randn(2, 3, 5 * 7, generator=generator, dtype=torch.float64), -1).unflatten(-1, (5, 7))
+    rows, columns = torch.meshgrid(torch.arange(5.0, dtype=torch.float64), torch.arange(7.0, dtype=torch.float64), indexing="ij")
+    mean_u = (heatmaps * columns).sum((-2, -1), keepdim=True)
+    mean_v = (heatmaps * rows).sum((-2, -1), keepdim=True)
+    direct = (heatmaps * ((columns - mean_u) ** 2 + (rows - mean_v) ** 2)).sum((-2, -1)).sqrt() * 4
+    torch.testing.assert_close(heatmap_spread(heatmaps, 4), direct)

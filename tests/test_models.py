@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,8 +251,12 @@ def test_bad_side_is_named(model):
         {"gate": GateConfig(max_passes=0)},
         {"refinement": dataclasses.replace(ModelConfig().refinement, enabled=False)},
         {"global_stage": dataclasses.replace(ModelConfig().global_stage, pose_param="pca")},
+        {"refinement": dataclasses.replace(ModelConfig().refinement, finest_level=0)},
+        {"refinement": dataclasses.replace(ModelConfig().refinement, finest_level=3)},
+        {"gate": GateConfig(max_passes=2, uncertainty_from_evidence=False)},
     ],
-    ids=["no-keypoints", "holistic-G1", "no-loop", "global-only", "pca-pose"],
+    ids=["no-keypoints", "holistic-G1", "no-loop", "global-only", "pca-pose", "full-mesh-blocks", "coarsest-only",
+         "sigma-from-features"],
 )
 def test_every_part_can_be_switched(cache_dir, changes):
     model = HandMeshReconstructor(small_config(**changes), hierarchy_cache_dir=cache_dir).eval()
@@ -333,3 +338,82 @@ def test_checkpoints_carry_no_hand_model_data(model):
     sizes = {tuple(t.shape) for t in state.values()}
     V = model.num_vertices
     assert not any(V in shape for shape in sizes)
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "models"
+
+
+def test_refinement_below_its_finest_level_is_the_upsampled_offset(cache_dir):
+    """finest_level = 1: the full mesh of every stage is the parametric mesh plus the level-1 offsets
+    up-sampled, and the loop moves the level-1 mesh."""
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+    assert model.config.refinement.finest_level == 1 and isinstance(model.refiner.blocks[0], torch.nn.Identity)
+    images, K = hand_batch(2)
+    with torch.no_grad():
+        prediction = model(images, K, exit_threshold=1.0)
+        bases = model.refiner.mesh_levels(prediction.global_vertices)
+        upsampled = bases[0] + model.refiner._up(prediction.level_vertices[1] - bases[1], 0)
+    torch.testing.assert_close(prediction.level_vertices[0], upsampled)
+    assert [v.shape[1] for v in prediction.level_vertices] == [len(v) for v in refiner_levels(model)]
+    assert len(prediction.pass_vertices) == 3 and all(v.shape == prediction.vertices.shape for v in prediction.pass_vertices)
+    assert not torch.equal(prediction.pass_vertices[0], prediction.level_vertices[0])
+
+
+def refiner_levels(model):
+    from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
+
+    config = model.config.refinement
+    return load_or_build_hierarchy(
+        model.hand_model.v_template, model.hand_model.faces, factors=config.level_factors,
+        spiral_length=config.spiral_length, cache_dir=None,
+    ).vertices
+
+
+def test_finest_level_must_name_a_mesh_level():
+    from meshrec.models.refinement import RefinementConfig
+
+    with pytest.raises(MeshrecError, match="finest_level must name a mesh level, 0 .* to 3; got 4"):
+        RefinementConfig(finest_level=4)
+
+
+def test_files_written_before_finest_level_load_as_the_network_they_were(tmp_path):
+    """A weights file written by meshrec before refinement.finest_level and
+    gate.uncertainty_from_evidence existed (tests/fixtures/models, made by the code of 1afbccc)
+    records neither: it loads as the design it was trained as (blocks and loop on the full mesh,
+    sigma from features) and predicts what it predicted then."""
+    model = HandMeshReconstructor.load(FIXTURES / "whole_model_before_finest_level.pt")
+    assert model.config.refinement.finest_level == 0 and not model.config.gate.uncertainty_from_evidence
+    expected = torch.load(FIXTURES / "whole_model_before_finest_level_outputs.pt")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        prediction = model(images, side=["right", "left"], exit_threshold=1.0)
+    torch.testing.assert_close(prediction.vertices, expected["vertices"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(prediction.level_vertices[0], expected["coarse_to_fine"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(prediction.pass_log_variance), expected["pass_log_variance"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(prediction.pass_exit_logit), expected["pass_exit_logit"], atol=1e-5, rtol=1e-5)
+    # files that record the settings keep them
+    from meshrec.config import config_to_dict
+    from meshrec.models.pretrained import save_weights
+
+    current = HandMeshReconstructor(dataclasses.replace(model.config, refinement=dataclasses.replace(model.config.refinement, finest_level=2)))
+    save_weights(tmp_path / "now.pt", current.state_dict(), {"model": config_to_dict(current.config)})
+    assert HandMeshReconstructor.load(tmp_path / "now.pt").config.refinement.finest_level == 2
+
+
+def test_the_variance_head_reads_the_keypoint_evidence(cache_dir):
+    """sigma depends on how far the mesh's joints are from the keypoint head's, at fixed features."""
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+    refiner = model.refiner
+    images, K = hand_batch(1)
+    with torch.no_grad():
+        prediction = model(images, K, exit_threshold=1.0)
+        pyramid = model.backbone(images)
+        pooled = pyramid[-1].mean(dim=(2, 3))
+        run = lambda shift: refiner(  # noqa: E731
+            pyramid, prediction.global_vertices, prediction.root, K, (SIZE, SIZE), pooled,
+            keypoints=(prediction.keypoints2d + shift, prediction.keypoint_depth, torch.ones(1, 21)), exit_threshold=1.0,
+        ).pass_log_variance[-1]
+        torch.nn.init.normal_(refiner.loop_heads.variance.weight, std=1.0)
+        assert not torch.allclose(run(0.0), run(8.0))

@@ -63,6 +63,7 @@ __all__ = [
     "JointGroupsOutput",
     "fusion_initial_weight",
     "gumbel_temperature",
+    "heatmap_spread",
     "heatmap_to_image_pixels",
     "image_pixels_to_heatmap",
     "soft_argmax_2d",
@@ -232,6 +233,31 @@ def heatmap_to_image_pixels(uv_cells: Tensor, stride: float) -> Tensor:
     """
     _check_stride(stride)
     return uv_cells * stride
+
+
+def heatmap_spread(heatmaps: Tensor, stride: float) -> Tensor:
+    """How spread each heatmap's mass is: the root-mean-square distance from its mean, in crop pixels.
+
+    Args:
+        heatmaps: (..., h, w) probabilities (each map sums to 1), e.g. :attr:`JointGroupsOutput.heatmaps`.
+        stride: crop pixels per heatmap cell.
+
+    Returns:
+        (...) ``sqrt(E|x - E x|^2) * stride``; 0 for a one-hot map.
+
+    >>> heatmap_spread(torch.tensor([[0.5, 0.0, 0.5]]), 4)
+    tensor(4.)
+    """
+    _check_stride(stride)
+    height, width = heatmaps.shape[-2:]
+    columns = torch.arange(width, dtype=heatmaps.dtype, device=heatmaps.device)
+    rows = torch.arange(height, dtype=heatmaps.dtype, device=heatmaps.device)
+    over_columns, over_rows = heatmaps.sum(-2), heatmaps.sum(-1)  # marginals (..., w), (..., h)
+    variance = (
+        (over_columns * columns.square()).sum(-1) - (over_columns * columns).sum(-1).square()
+        + (over_rows * rows.square()).sum(-1) - (over_rows * rows).sum(-1).square()
+    )
+    return variance.clamp(min=0).sqrt() * stride
 
 
 def image_pixels_to_heatmap(uv_pixels: Tensor, stride: float) -> Tensor:

@@ -27,7 +27,7 @@ from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import Backbone, BackboneConfig
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
-from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead
+from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, heatmap_spread
 from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
 from meshrec.models.pretrained import load_starting_weights, load_tensors_file
 from meshrec.models.prediction import Prediction
@@ -125,20 +125,13 @@ class HandMeshReconstructor(nn.Module):
     ) -> "HandMeshReconstructor":
         """The network of a training checkpoint (``meshrec train``'s ``last.ckpt`` / ``best.ckpt``),
         in eval mode on ``device``. The configuration is read from the checkpoint itself."""
-        from meshrec.config import config_from_dict
-
         checkpoint = load_tensors_file(path, "checkpoint")
         try:
             model_config = checkpoint["hyper_parameters"]["config"]["model"]
             state = checkpoint["state_dict"]
         except (KeyError, TypeError):
             raise MeshrecError(f"{path} is not a meshrec training checkpoint (no hyper_parameters.config.model / state_dict)") from None
-        if isinstance(model_config.get("backbone"), dict) and "weights" in model_config["backbone"]:
-            # checkpoints from before model.weights kept their starting weights under backbone
-            model_config = {**model_config, "backbone": {k: v for k, v in model_config["backbone"].items() if k != "weights"}}
-        config = config_from_dict(ModelConfig, model_config, where="model")
-        # the checkpoint holds every weight; the file its run started from may not exist here
-        config.weights = None
+        config = model_config_of_file(model_config)
         model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
         weights = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
         model.load_state_dict(weights)
@@ -167,14 +160,12 @@ class HandMeshReconstructor(nn.Module):
         ``'synthetic-hands'`` model), built with the settings its ``meta`` records, every part
         loaded, in eval mode on ``device``. Files that hold only some parts (a backbone) are
         starting weights for training (``model.weights``), not models: they are refused."""
-        from meshrec.config import config_from_dict
         from meshrec.models.pretrained import read_weights_file
 
         state, meta, path = read_weights_file(name_or_path)
         if not isinstance(meta.get("model"), dict):
             raise MeshrecError(f"{path} records no model settings (meta.model); load it with model.weights in a training config")
-        config = config_from_dict(ModelConfig, meta["model"], where="model")
-        config.weights = None
+        config = model_config_of_file(meta["model"])
         model = cls(config, hierarchy_cache_dir=hierarchy_cache_dir)
         expected = set(model.state_dict())
         missing = sorted(expected - set(state))
@@ -249,7 +240,10 @@ class HandMeshReconstructor(nn.Module):
         if self.refiner is not None:
             refined = self.refiner(
                 pyramid, parametric.vertices, parametric.root, K, image_size, pooled,
-                keypoints=(keypoints.joints2d.detach(), keypoints.depth.detach()) if keypoints is not None else None,
+                keypoints=None if keypoints is None else (
+                    keypoints.joints2d.detach(), keypoints.depth.detach(),
+                    heatmap_spread(keypoints.heatmaps.detach(), self.config.keypoints.feature_stride),
+                ),
                 max_passes=max_passes, exit_threshold=exit_threshold,
             )
             level_vertices = refined.level_vertices
@@ -322,6 +316,28 @@ class HandMeshReconstructor(nn.Module):
             if not bool(torch.isfinite(K).all()) or bool((K[:, 0, 0] <= 0).any() or (K[:, 1, 1] <= 0).any()):
                 raise MeshrecError("K must be finite with positive focal lengths K[:, 0, 0] and K[:, 1, 1]")
         return images, K, side_tensor(side, batch, images.device)
+
+
+def model_config_of_file(settings: dict) -> ModelConfig:
+    """The :class:`ModelConfig` recorded in a checkpoint or weights file, read as the design it was
+    written with: files hold every setting of their time, so a setting they lack is one added
+    later, and it takes the value that reproduces the earlier network. ``weights`` is cleared (the
+    file holds every weight; the file its run started from may not exist here)."""
+    from meshrec.config import config_from_dict
+
+    settings = dict(settings)
+    if isinstance(settings.get("backbone"), dict) and "weights" in settings["backbone"]:
+        # from before model.weights, the starting weights were kept under backbone
+        settings["backbone"] = {k: v for k, v in settings["backbone"].items() if k != "weights"}
+    earlier_design = {
+        "refinement": {"finest_level": 0},  # blocks and loop on the full mesh
+        "gate": {"uncertainty_from_evidence": False},  # sigma from features and positions only
+    }
+    for part, defaults in earlier_design.items():
+        settings[part] = {**defaults, **(settings.get(part) or {})}
+    config = config_from_dict(ModelConfig, settings, where="model")
+    config.weights = None
+    return config
 
 
 def flip_intrinsics(K: torch.Tensor, width: int) -> torch.Tensor:

@@ -12,11 +12,15 @@ level, each level
    positions, a keypoint-guidance term and the global image feature in a spiral graph block;
 4. predicts vertex offsets.
 
-At the full resolution a single block, shared across passes, refines again up to ``max_passes``
-times. After every pass a head predicts each joint's error variance and the probability that
-another pass is not worth it. In training every pass runs (all are supervised); at inference a
-sample leaves as soon as ``p_exit > exit_threshold``, and later passes run only on the samples
-still inside (index-selected sub-batches, so the saving is real).
+The blocks stop at ``finest_level`` (by default level 1, ~V/4 vertices): finer levels take its
+offsets up-sampled barycentrically. There a single block, shared across passes, refines again up
+to ``max_passes`` times, and each pass's mesh is up-sampled to the full resolution the same way.
+After every pass a head predicts each joint's error variance (from the features pooled at the
+joint, and the evidence: how far the mesh's joint is from the keypoint head's and how spread the
+head's heatmap is) and the probability that another pass is not worth it. In training every pass
+runs (all are supervised); at inference a sample leaves as soon as ``p_exit > exit_threshold``,
+and later passes run only on the samples still inside (index-selected sub-batches, so the saving
+is real).
 
 Keypoint guidance: each vertex is attached to one of the 21 keypoints (the nearest one on the
 rest mesh among those of the bone that moves it most). Its guidance input is the 3D vector from
@@ -66,14 +70,20 @@ class RefinementConfig:
         widths: block width per mesh level, finest first (one entry per level).
         offset_scale: metres per unit of the offset heads' output (keeps initial steps small).
         keypoint_guidance: feed the keypoint head's 2D joints to the blocks.
+        finest_level: the finest hierarchy level with a block; the loop runs there too, and the
+            finer levels take its offsets up-sampled barycentrically (0: a block on the full mesh).
+            Level 1 (~V/4 vertices) does the same corrections at a quarter of the gathered rows:
+            the full mesh's block and loop were ~80 % of the refiner's time (docs/benchmarks.md).
+            ``widths[l]`` of a level without a block is unused.
     """
 
     enabled: bool = True
     level_factors: tuple[int, ...] = (4, 4, 4)
     spiral_length: int = 9
-    widths: tuple[int, ...] = (16, 24, 48, 64)
+    widths: tuple[int, ...] = (16, 16, 32, 64)
     offset_scale: float = 0.01
     keypoint_guidance: bool = True
+    finest_level: int = 1
 
     def __post_init__(self) -> None:
         self.level_factors = tuple(int(f) for f in self.level_factors)
@@ -82,6 +92,11 @@ class RefinementConfig:
             raise MeshrecError(
                 f"refinement.widths needs one entry per mesh level ({len(self.level_factors) + 1} for "
                 f"level_factors {self.level_factors}), got {self.widths}"
+            )
+        if not 0 <= self.finest_level < len(self.widths):
+            raise MeshrecError(
+                f"refinement.finest_level must name a mesh level, 0 (the full mesh) to {len(self.widths) - 1}; "
+                f"got {self.finest_level}"
             )
         if min(self.widths) < 1 or self.spiral_length < 2 or not self.offset_scale > 0:
             raise MeshrecError(
@@ -99,11 +114,16 @@ class GateConfig:
         exit_threshold: tau; at inference a sample leaves when ``p_exit > tau``. 1.0 never
             exits early (always T_max), any negative value always exits after one pass.
         adaptive: False runs every pass at inference too (fixed depth).
+        uncertainty_from_evidence: the per-joint variance head also reads how far the mesh's
+            joint is from the keypoint head's (2D, depth, distance) and how spread the head's
+            heatmap is; False: the pass's pooled features and joint positions only (whose sigma
+            ranked the joints' errors with Spearman 0.15, docs/benchmarks.md).
     """
 
     max_passes: int = 3
     exit_threshold: float = 0.5
     adaptive: bool = True
+    uncertainty_from_evidence: bool = True
 
     def __post_init__(self) -> None:
         if self.max_passes < 0:
@@ -177,14 +197,19 @@ def _level_buffers(model: ManoModel, hierarchy: MeshHierarchy, joint_regressor: 
     return levels
 
 
-class _Heads(nn.Module):
-    """Per-pass heads at the full mesh: offsets, per-joint log-variance and the exit logit."""
+# per joint, what the variance head reads of the keypoint evidence: the (u, v, depth) residual
+# of the guidance, its length, and the head's heatmap spread (in the guidance's pixel unit)
+EVIDENCE_CHANNELS = GUIDANCE_CHANNELS + 2
 
-    def __init__(self, channels: int, offset_scale: float) -> None:
+
+class _Heads(nn.Module):
+    """Per-pass heads at the loop's level: offsets, per-joint log-variance and the exit logit."""
+
+    def __init__(self, channels: int, offset_scale: float, evidence_channels: int) -> None:
         super().__init__()
         self.offset_scale = offset_scale
         self.offset = nn.Linear(channels, 3)
-        self.variance = nn.Linear(channels + 3, 1)
+        self.variance = nn.Linear(channels + 3 + evidence_channels, 1)
         self.exit = nn.Linear(channels + 3, 1)
         nn.init.normal_(self.offset.weight, std=1e-3)
         nn.init.zeros_(self.offset.bias)
@@ -231,9 +256,16 @@ class MeshRefiner(nn.Module):
             self.register_buffer(f"up_index_{level}", torch.tensor(hierarchy.up[level].indices), persistent=False)
             self.register_buffer(f"up_weight_{level}", torch.tensor(hierarchy.up[level].weights, dtype=torch.float32), persistent=False)
         spirals = [torch.tensor(s) for s in hierarchy.spirals]
+        finest = self.finest_level = config.finest_level
+        # levels finer than ``finest`` hold an empty module, so a level's weights keep their names
+        # (blocks.1.*) whatever finest_level is
         self.blocks = nn.ModuleList()
         self.offset_heads = nn.ModuleList()
         for level in range(self.num_levels):
+            if level < finest:
+                self.blocks.append(nn.Identity())
+                self.offset_heads.append(nn.Identity())
+                continue
             carried = config.widths[level + 1] if level + 1 < self.num_levels else 0
             in_channels = pyramid_channels[self.pyramid_index[level]] + 1 + 3 + carried + guidance
             self.blocks.append(SpiralBlock(in_channels, config.widths[level], condition_channels, spirals[level]))
@@ -243,10 +275,11 @@ class MeshRefiner(nn.Module):
             self.offset_heads.append(head)
         self.loop_block = None
         if gate.max_passes > 0:
-            width = config.widths[0]
-            in_channels = pyramid_channels[0] + 1 + 3 + width + guidance
-            self.loop_block = SpiralBlock(in_channels, width, condition_channels, spirals[0])
-            self.loop_heads = _Heads(width, config.offset_scale)
+            width = config.widths[finest]
+            in_channels = pyramid_channels[self.pyramid_index[finest]] + 1 + 3 + width + guidance
+            self.loop_block = SpiralBlock(in_channels, width, condition_channels, spirals[finest])
+            evidence = EVIDENCE_CHANNELS if gate.uncertainty_from_evidence else 0
+            self.loop_heads = _Heads(width, config.offset_scale, evidence)
 
     # ---------------------------------------------------------------- helpers
 
@@ -257,6 +290,12 @@ class MeshRefiner(nn.Module):
     def _up(self, x: torch.Tensor, level: int) -> torch.Tensor:
         """Level ``level + 1`` -> ``level``."""
         return apply_sparse_map(x, getattr(self, f"up_index_{level}"), getattr(self, f"up_weight_{level}"))
+
+    def _up_to(self, x: torch.Tensor, level: int, target: int) -> torch.Tensor:
+        """Level ``level`` -> the finer level ``target``."""
+        for finer in reversed(range(target, level)):
+            x = self._up(x, finer)
+        return x
 
     def mesh_levels(self, vertices: torch.Tensor) -> list[torch.Tensor]:
         """A full-resolution mesh ``(B, V, 3)`` at every hierarchy level, finest first."""
@@ -281,17 +320,35 @@ class MeshRefiner(nn.Module):
 
     def _guidance(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
         """``(B, V_l, 3)``: per vertex, its keypoint's (u, v, depth) residual, head minus mesh."""
-        association = getattr(self, f"association_{level}")
         if keypoints is None:
             return vertices.new_zeros(vertices.shape[0], vertices.shape[1], GUIDANCE_CHANNELS)
-        pixels, depth = keypoints
+        residual = self._keypoint_residual(vertices, level, K, image_size, keypoints)
+        return residual.index_select(1, getattr(self, f"association_{level}"))
+
+    def _keypoint_residual(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+        """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's, in
+        units of 1/16 of the crop and centimetres."""
+        pixels, depth = keypoints[0], keypoints[1]
         mesh_keypoints = self._keypoints(vertices, level)
         unit = vertices.new_tensor([image_size[1], image_size[0]]) * GUIDANCE_PIXEL_FRACTION
         residual2d = (pixels - project_points(mesh_keypoints, K)) / unit  # (B, 21, 2)
         mesh_depth = mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]
         residual_depth = (depth - depth[:, :1] - mesh_depth) * GUIDANCE_DEPTH_SCALE  # (B, 21)
-        residual = torch.cat([residual2d, residual_depth.unsqueeze(-1)], dim=-1)
-        return residual.index_select(1, association)
+        return torch.cat([residual2d, residual_depth.unsqueeze(-1)], dim=-1)
+
+    def _evidence(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+        """``(B, 21, EVIDENCE_CHANNELS)``: the keypoint residual, its length and the head's
+        heatmap spread (zeros where there is no keypoint head or no spread)."""
+        batch = vertices.shape[0]
+        if keypoints is None:
+            return vertices.new_zeros(batch, 21, EVIDENCE_CHANNELS)
+        residual = self._keypoint_residual(vertices, level, K, image_size, keypoints)
+        spread = keypoints[2] if len(keypoints) > 2 else None
+        if spread is None:
+            spread = vertices.new_zeros(batch, 21)
+        else:
+            spread = spread / (vertices.new_tensor(float(max(image_size))) * GUIDANCE_PIXEL_FRACTION)
+        return torch.cat([residual, residual.norm(dim=-1, keepdim=True), spread.unsqueeze(-1)], dim=-1)
 
     # ---------------------------------------------------------------- forward
 
@@ -303,7 +360,7 @@ class MeshRefiner(nn.Module):
         K: torch.Tensor,
         image_size: tuple[int, int],
         condition: torch.Tensor,
-        keypoints: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keypoints: tuple[torch.Tensor, ...] | None = None,
         max_passes: int | None = None,
         exit_threshold: float | None = None,
     ) -> RefinementOutput:
@@ -315,14 +372,16 @@ class MeshRefiner(nn.Module):
             root: ``(B, 3)`` its wrist.
             K: ``(B, 3, 3)`` crop intrinsics; image_size ``(H, W)``.
             condition: ``(B, C)`` global image feature.
-            keypoints: the keypoint head's ``(pixels (B, 21, 2), depth (B, 21))``, or None.
+            keypoints: the keypoint head's ``(pixels (B, 21, 2), depth (B, 21))`` or
+                ``(pixels, depth, heatmap spread (B, 21) in pixels)``, or None.
             max_passes: override of ``gate.max_passes`` (progressive training, fixed-depth runs).
             exit_threshold: override of ``gate.exit_threshold``.
         """
         bases = self.mesh_levels(base_vertices)
+        finest = self.finest_level
         level_vertices: list[torch.Tensor] = [None] * self.num_levels  # type: ignore[list-item]
         offset = carried = None
-        for level in reversed(range(self.num_levels)):
+        for level in reversed(range(finest, self.num_levels)):
             vertices = bases[level]
             if offset is not None:
                 vertices = vertices + self._up(offset, level)
@@ -333,6 +392,9 @@ class MeshRefiner(nn.Module):
             vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
             level_vertices[level] = vertices
             offset = vertices - bases[level]
+        for level in reversed(range(finest)):
+            offset = self._up(offset, level)
+            level_vertices[level] = bases[level] + offset
         output = RefinementOutput(level_vertices=level_vertices, coarse_to_fine_vertices=level_vertices[0])
         passes = self.gate.max_passes if max_passes is None else max_passes
         if self.loop_block is None or passes <= 0:
@@ -342,10 +404,14 @@ class MeshRefiner(nn.Module):
             raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         adaptive = self.gate.adaptive and not self.training
-        self._loop(output, level_vertices[0], carried, pyramid[0], K, image_size, root, condition, keypoints, passes, threshold, adaptive)
+        self._loop(output, bases, level_vertices, carried, pyramid[self.pyramid_index[finest]], K, image_size, root,
+                   condition, keypoints, passes, threshold, adaptive)  # fmt: skip
         return output
 
-    def _loop(self, output, vertices, hidden, feature_map, K, image_size, root, condition, keypoints, passes, threshold, adaptive):
+    def _loop(self, output, bases, level_vertices, hidden, feature_map, K, image_size, root, condition, keypoints, passes, threshold, adaptive):
+        """The gated passes at ``finest_level``; each pass's mesh is reported at full resolution."""
+        finest = self.finest_level
+        vertices, full = level_vertices[finest], level_vertices[0]
         batch = vertices.shape[0]
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
         log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
@@ -357,21 +423,25 @@ class MeshRefiner(nn.Module):
 
             sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
             sub_keypoints = None if keypoints is None else tuple(take(t) for t in keypoints)
-            inputs = self._inputs(sub_vertices, 0, take(feature_map), sub_K, image_size, sub_root, sub_keypoints, sub_hidden)
+            inputs = self._inputs(sub_vertices, finest, take(feature_map), sub_K, image_size, sub_root, sub_keypoints, sub_hidden)
             sub_hidden = self.loop_block(inputs, take(condition))
             move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
             sub_vertices = sub_vertices + move
-            sub_log_variance, sub_exit = self._pass_heads(sub_vertices, sub_hidden, sub_root, move, step, passes)
+            sub_full = sub_vertices if finest == 0 else take(bases[0]) + self._up_to(sub_vertices - take(bases[finest]), finest, 0)
+            sub_log_variance, sub_exit = self._pass_heads(
+                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_K, image_size, sub_keypoints
+            )
             if active is None:
-                vertices, hidden, log_variance, exit_logit = sub_vertices, sub_hidden, sub_log_variance, sub_exit
+                vertices, full, hidden, log_variance, exit_logit = sub_vertices, sub_full, sub_hidden, sub_log_variance, sub_exit
                 passes_used = passes_used + 1
             else:
                 vertices = vertices.index_copy(0, active, sub_vertices)
+                full = full.index_copy(0, active, sub_full)
                 hidden = hidden.index_copy(0, active, sub_hidden)
                 log_variance = log_variance.index_copy(0, active, sub_log_variance)
                 exit_logit = exit_logit.index_copy(0, active, sub_exit)
                 passes_used = passes_used.index_add(0, active, torch.ones_like(active))
-            output.pass_vertices.append(vertices)
+            output.pass_vertices.append(full)
             output.pass_log_variance.append(log_variance)
             output.pass_exit_logit.append(exit_logit)
             if adaptive and step + 1 < passes:
@@ -383,12 +453,15 @@ class MeshRefiner(nn.Module):
                         break
         output.passes_used = passes_used
 
-    def _pass_heads(self, vertices, hidden, root, move, step, passes):
+    def _pass_heads(self, vertices, hidden, root, move, step, passes, K, image_size, keypoints):
         """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass."""
-        regressor = self.regressor_0.to(hidden)
+        regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
         joint_positions = (regressor @ vertices - root.unsqueeze(1)) * 10.0
-        log_variance = self.loop_heads.variance(torch.cat([joint_features, joint_positions], -1)).squeeze(-1)
+        parts = [joint_features, joint_positions]
+        if self.gate.uncertainty_from_evidence:
+            parts.append(self._evidence(vertices, self.finest_level, K, image_size, keypoints))
+        log_variance = self.loop_heads.variance(torch.cat(parts, -1)).squeeze(-1)
         log_variance = log_variance.clamp(*LOG_VARIANCE_RANGE)
         movement_mm = move.norm(dim=-1).mean(dim=1, keepdim=True) * 1000.0
         summary = torch.cat(
