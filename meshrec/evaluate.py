@@ -15,7 +15,7 @@ regressor (how mesh-regressing methods report joints). Each stage also gets its 
 error (``joints2d_px``: its joints projected with the crop's K against the visible 2D labels),
 and the keypoint head its own (:attr:`EvaluationResult.keypoint_head_px`). Whether the loop's
 per-joint sigma means something is measured by its Spearman rank correlation with the final
-joints' actual errors (:attr:`EvaluationResult.uncertainty_spearman`).
+joints' actual root-relative errors (:attr:`EvaluationResult.uncertainty_spearman`).
 
 A **mean-hand baseline** is scored beside them: the hand model's template in its mean pose
 with zero shape (``ManoLayer(use_pca=False, flat_hand_mean=False)`` with zero pose), mirrored
@@ -88,8 +88,8 @@ class EvaluationResult:
         keypoint_head_px: the keypoint head's mean 2D error over visible labelled keypoints
             (crop pixels), None without a head or 2D labels.
         uncertainty_spearman: Spearman rank correlation between the predicted per-joint sigma
-            and the final joints' errors (camera frame) over every scored (sample, joint);
-            None without the loop.
+            and the final joints' root-relative errors (the error sigma is trained for) over every
+            scored (sample, joint other than the wrist); None without the loop.
     """
 
     stages: dict[str, dict[str, float]]
@@ -263,8 +263,11 @@ def evaluate(
                 head = prediction.keypoints2d.detach().float().cpu()
                 pixel_errors.setdefault(KEYPOINT_HEAD_NAME, []).append((head - batch.joints2d).norm(dim=-1)[visible])
             if prediction.joint_variance is not None and bool(labelled.any()):
-                sigmas.append(prediction.joint_variance.detach().float().cpu().sqrt()[labelled])
-                sigma_errors.append((joints_all[-1][labelled] - batch.joints3d[labelled]).norm(dim=-1))
+                # sigma is the root-relative error's (what the loop's uncertainty term trains); the
+                # wrist's is 0 by definition, so it is left out
+                final, label = joints_all[-1][labelled], batch.joints3d[labelled]
+                sigmas.append(prediction.joint_variance.detach().float().cpu().sqrt()[labelled][:, 1:])
+                sigma_errors.append(((final - final[:, :1]) - (label - label[:, :1])).norm(dim=-1)[:, 1:])
             bar.update(len(batch))
 
     has_mesh = torch.cat(label_has_mesh)

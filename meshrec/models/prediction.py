@@ -28,8 +28,9 @@ class Prediction:
         joints: ``(B, 21, 3)`` OpenPose order, regressed from ``vertices``.
         joints2d: ``(B, 21, 2)`` ``joints`` projected with ``K`` (pixels of the crop).
         root: ``(B, 3)`` the wrist of the parametric hand.
-        joint_variance: ``(B, 21)`` sigma^2 (metres^2) of each joint's error after the last pass
-            a sample ran, or None when the loop is off.
+        joint_variance: ``(B, 21)`` sigma^2 (metres^2) of each joint's root-relative error after
+            the last pass a sample ran (the wrist's is meaningless: its root-relative error is 0),
+            or None when the loop is off.
         passes_used: ``(B,)`` int64 refinement-loop passes each sample ran.
         side: ``(B,)`` int64, 0 right, 1 left.
         K: ``(B, 3, 3)`` intrinsics used; image_size ``(H, W)``.
