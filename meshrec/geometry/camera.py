@@ -158,6 +158,5 @@ def project_points(
 
     depth = points[..., 2:3].clamp(min=min_depth)
     xy_normalised = points[..., :2] / depth  # (*, N, 2)
-    # uv = K[:2, :2] @ xy + K[:2, 2]; einsum keeps arbitrary leading dims.
-    uv = torch.einsum("...ij,...nj->...ni", K[..., :2, :2], xy_normalised)
-    return uv + K[..., None, :2, 2]
+    # uv = K[:2, :2] @ xy + K[:2, 2], for rows of points: xy @ K[:2, :2]^T (matmul keeps leading dims)
+    return torch.matmul(xy_normalised, K[..., :2, :2].transpose(-1, -2)) + K[..., None, :2, 2]

@@ -307,27 +307,28 @@ class MeshRefiner(nn.Module):
     def _keypoints(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
         return getattr(self, f"regressor_{level}").to(vertices) @ vertices
 
-    def _inputs(self, vertices, level, feature_map, K, image_size, root, keypoints, carried):
-        """Per-vertex block inputs at one level: ``(B, V_l, C_in)``; ``keypoints`` is the keypoint
-        head's ``(pixels (B, 21, 2), root-relative depth (B, 21))`` or None."""
+    def _inputs(self, vertices, level, feature_map, K, image_size, root, residual, carried):
+        """Per-vertex block inputs at one level: ``(B, V_l, C_in)``; ``residual`` is
+        :meth:`_keypoint_residual` of these vertices (None without a keypoint head)."""
         sampled, inside, _ = retrieve_vertex_features(feature_map, vertices, K, image_size)
         parts = [sampled, inside, (vertices - root.unsqueeze(1)) * 10.0]  # decimetres: O(1) inputs
         if carried is not None:
             parts.append(carried)
         if self.config.keypoint_guidance:
-            parts.append(self._guidance(vertices, level, K, image_size, keypoints))
+            parts.append(self._guidance(vertices, level, residual))
         return torch.cat(parts, dim=-1)
 
-    def _guidance(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+    def _guidance(self, vertices, level, residual) -> torch.Tensor:
         """``(B, V_l, 3)``: per vertex, its keypoint's (u, v, depth) residual, head minus mesh."""
-        if keypoints is None:
+        if residual is None:
             return vertices.new_zeros(vertices.shape[0], vertices.shape[1], GUIDANCE_CHANNELS)
-        residual = self._keypoint_residual(vertices, level, K, image_size, keypoints)
         return residual.index_select(1, getattr(self, f"association_{level}"))
 
-    def _keypoint_residual(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+    def _keypoint_residual(self, vertices, level, K, image_size, keypoints) -> torch.Tensor | None:
         """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's, in
-        units of 1/16 of the crop and centimetres."""
+        units of 1/16 of the crop and centimetres; None without keypoints."""
+        if keypoints is None:
+            return None
         pixels, depth = keypoints[0], keypoints[1]
         mesh_keypoints = self._keypoints(vertices, level)
         unit = vertices.new_tensor([image_size[1], image_size[0]]) * GUIDANCE_PIXEL_FRACTION
@@ -336,18 +337,18 @@ class MeshRefiner(nn.Module):
         residual_depth = (depth - depth[:, :1] - mesh_depth) * GUIDANCE_DEPTH_SCALE  # (B, 21)
         return torch.cat([residual2d, residual_depth.unsqueeze(-1)], dim=-1)
 
-    def _evidence(self, vertices, level, K, image_size, keypoints) -> torch.Tensor:
+    @staticmethod
+    def _evidence(residual, keypoints, image_size, like: torch.Tensor) -> torch.Tensor:
         """``(B, 21, EVIDENCE_CHANNELS)``: the keypoint residual, its length and the head's
         heatmap spread (zeros where there is no keypoint head or no spread)."""
-        batch = vertices.shape[0]
-        if keypoints is None:
-            return vertices.new_zeros(batch, 21, EVIDENCE_CHANNELS)
-        residual = self._keypoint_residual(vertices, level, K, image_size, keypoints)
+        batch = like.shape[0]
+        if residual is None:
+            return like.new_zeros(batch, 21, EVIDENCE_CHANNELS)
         spread = keypoints[2] if len(keypoints) > 2 else None
         if spread is None:
-            spread = vertices.new_zeros(batch, 21)
+            spread = like.new_zeros(batch, 21)
         else:
-            spread = spread / (vertices.new_tensor(float(max(image_size))) * GUIDANCE_PIXEL_FRACTION)
+            spread = spread / (like.new_tensor(float(max(image_size))) * GUIDANCE_PIXEL_FRACTION)
         return torch.cat([residual, residual.norm(dim=-1, keepdim=True), spread.unsqueeze(-1)], dim=-1)
 
     # ---------------------------------------------------------------- forward
@@ -387,7 +388,8 @@ class MeshRefiner(nn.Module):
                 vertices = vertices + self._up(offset, level)
                 carried = self._up(carried, level)
             feature_map = pyramid[self.pyramid_index[level]]
-            inputs = self._inputs(vertices, level, feature_map, K, image_size, root, keypoints, carried)
+            residual = self._keypoint_residual(vertices, level, K, image_size, keypoints) if self.config.keypoint_guidance else None
+            inputs = self._inputs(vertices, level, feature_map, K, image_size, root, residual, carried)
             carried = self.blocks[level](inputs, condition)
             vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
             level_vertices[level] = vertices
@@ -413,6 +415,10 @@ class MeshRefiner(nn.Module):
         finest = self.finest_level
         vertices, full = level_vertices[finest], level_vertices[0]
         batch = vertices.shape[0]
+        # the residual of a mesh feeds the pass's variance head and the next pass's guidance: once each
+        uses_residual = self.config.keypoint_guidance or self.gate.uncertainty_from_evidence
+        residual_of = lambda v, K_, kp: self._keypoint_residual(v, finest, K_, image_size, kp) if uses_residual else None  # noqa: E731
+        residual = residual_of(vertices, K, keypoints)
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
         log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
         exit_logit = vertices.new_zeros(batch)
@@ -423,18 +429,22 @@ class MeshRefiner(nn.Module):
 
             sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
             sub_keypoints = None if keypoints is None else tuple(take(t) for t in keypoints)
-            inputs = self._inputs(sub_vertices, finest, take(feature_map), sub_K, image_size, sub_root, sub_keypoints, sub_hidden)
+            inputs = self._inputs(sub_vertices, finest, take(feature_map), sub_K, image_size, sub_root, take(residual), sub_hidden)
             sub_hidden = self.loop_block(inputs, take(condition))
             move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
             sub_vertices = sub_vertices + move
             sub_full = sub_vertices if finest == 0 else take(bases[0]) + self._up_to(sub_vertices - take(bases[finest]), finest, 0)
+            sub_residual = residual_of(sub_vertices, sub_K, sub_keypoints)
             sub_log_variance, sub_exit = self._pass_heads(
-                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_K, image_size, sub_keypoints
+                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_residual, sub_keypoints, image_size
             )
             if active is None:
                 vertices, full, hidden, log_variance, exit_logit = sub_vertices, sub_full, sub_hidden, sub_log_variance, sub_exit
+                residual = sub_residual
                 passes_used = passes_used + 1
             else:
+                if residual is not None:
+                    residual = residual.index_copy(0, active, sub_residual)
                 vertices = vertices.index_copy(0, active, sub_vertices)
                 full = full.index_copy(0, active, sub_full)
                 hidden = hidden.index_copy(0, active, sub_hidden)
@@ -453,14 +463,15 @@ class MeshRefiner(nn.Module):
                         break
         output.passes_used = passes_used
 
-    def _pass_heads(self, vertices, hidden, root, move, step, passes, K, image_size, keypoints):
-        """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass."""
+    def _pass_heads(self, vertices, hidden, root, move, step, passes, residual, keypoints, image_size):
+        """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass; ``residual``
+        is the moved mesh's keypoint residual (None without a keypoint head)."""
         regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
         joint_positions = (regressor @ vertices - root.unsqueeze(1)) * 10.0
         parts = [joint_features, joint_positions]
         if self.gate.uncertainty_from_evidence:
-            parts.append(self._evidence(vertices, self.finest_level, K, image_size, keypoints))
+            parts.append(self._evidence(residual, keypoints, image_size, like=vertices))
         log_variance = self.loop_heads.variance(torch.cat(parts, -1)).squeeze(-1)
         log_variance = log_variance.clamp(*LOG_VARIANCE_RANGE)
         movement_mm = move.norm(dim=-1).mean(dim=1, keepdim=True) * 1000.0
