@@ -49,11 +49,12 @@ model: setup
 	$(BIN)/meshrec synth --out data/model --num 100000 --seed 11 --eval-fraction 0.02 --no-progress
 	$(BIN)/meshrec train --config configs/model_stage1.yaml
 	$(BIN)/meshrec train --config configs/model_stage1b.yaml
+	$(BIN)/meshrec train --config configs/model_stage1c.yaml
 	$(BIN)/meshrec train --config configs/model.yaml
 	$(BIN)/python benchmarks/bench_accuracy.py --checkpoint runs/model/checkpoints/last.ckpt --out runs/model/bench_accuracy.json
 	$(BIN)/meshrec export-weights --half --checkpoint runs/model/checkpoints/last.ckpt \
 	  --out meshrec/models/weights/synthetic_hands.pt --scores runs/model/bench_accuracy.json \
-	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, then configs/model.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02)"
+	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, then configs/model.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02)"
 
 # The fixed accuracy benchmark of the bundled model (renders data/bench, seed 2027, once).
 bench-accuracy: setup
