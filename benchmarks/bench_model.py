@@ -1,6 +1,7 @@
 """Cost of the reconstruction network: parameters, multiply-adds per stage, latency, throughput.
 
 Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoint C] [--train-steps 10]
+                                        [model settings, e.g. refinement.finest_level=0]
 
 Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and convolutions —
 gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
@@ -57,12 +58,17 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint or weights file, 'synthetic-hands' for the bundled model (measures the trained gate)")
     parser.add_argument("--train-steps", type=int, default=10, help="interleaved training steps to time (0: none)")
     parser.add_argument("--no-inference", action="store_true", help="only the training step")
+    parser.add_argument("settings", nargs="*", help="ModelConfig overrides for the untrained model, as in meshrec train")
     args = parser.parse_args()
 
     if args.checkpoint:
         model = HandMeshReconstructor.load(args.checkpoint)
     else:
-        model = HandMeshReconstructor(ModelConfig(image_size=args.size))
+        from meshrec.config import apply_overrides, config_from_dict, config_to_dict
+
+        settings = apply_overrides(config_to_dict(ModelConfig(image_size=args.size)), args.settings, ModelConfig)
+        model = HandMeshReconstructor(config_from_dict(ModelConfig, settings, where="model"))
+        print(f"settings: {' '.join(args.settings) or 'defaults'}")
     if not args.no_inference:
         time_inference(model, args)
     if args.train_steps > 0:
