@@ -160,8 +160,13 @@ def apply_sparse_map(x: torch.Tensor, indices: torch.Tensor, weights: torch.Tens
     ``(..., N_out, C)``.
     """
     num_outputs, k = indices.shape
-    gathered = x.index_select(-2, indices.reshape(-1)).unflatten(-2, (num_outputs, k))  # (..., N_out, k, C)
-    return (gathered * weights.to(x.dtype).unsqueeze(-1)).sum(-2)
+    # Vertex-major: gather whole (batch x channel) rows of an (N_in, ..., C) copy and move the
+    # vertex axis back (a view). The same sums in the same order as gathering x[..., indices, :],
+    # 1.3-6x faster at batch 32 (docs/benchmarks.md), most for xyz.
+    rows = x.movedim(-2, 0).contiguous()
+    gathered = rows.index_select(0, indices.reshape(-1)).unflatten(0, (num_outputs, k))  # (N_out, k, ..., C)
+    weights = weights.to(x.dtype).view(num_outputs, k, *([1] * (x.ndim - 1)))
+    return (gathered * weights).sum(1).movedim(0, -2)
 
 
 @dataclass(frozen=True, eq=False)
