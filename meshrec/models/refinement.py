@@ -116,8 +116,9 @@ class GateConfig:
         adaptive: False runs every pass at inference too (fixed depth).
         uncertainty_from_evidence: the per-joint variance head also reads how far the mesh's
             joint is from the keypoint head's (2D, depth, distance) and how spread the head's
-            heatmap is; False: the pass's pooled features and joint positions only (whose sigma
-            ranked the joints' errors with Spearman 0.15, docs/benchmarks.md).
+            heatmap is; False: the pass's pooled features and joint positions only (the design
+            whose sigma ranked the joints' root-relative errors with Spearman 0.30,
+            docs/benchmarks.md).
     """
 
     max_passes: int = 3
