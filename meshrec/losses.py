@@ -110,6 +110,8 @@ from manolayer.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from manolayer.sampler import HandAxes, hand_axes, limit_violation
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import project_points
+from meshrec.geometry.gather import gather_vertex_rows
+from meshrec.geometry.mesh_hierarchy import apply_sparse_map
 from meshrec.geometry.normals import face_normals
 from meshrec.sides import SIDE_LEFT
 
@@ -402,16 +404,13 @@ def uniform_laplacian(vertices: Tensor, faces: Tensor) -> Tensor:
     has ``L(x)_i = x_i``. The neighbour table is built once per faces tensor and cached.
     """
     structure = _face_structure(faces, vertices.shape[-2])
-    weights = structure.neighbour_weights.to(vertices.dtype)
-    neighbours = structure.neighbours
-    gathered = vertices.index_select(1, neighbours.reshape(-1)).unflatten(1, neighbours.shape)  # (B, V, D, 3); see face_normals
-    return vertices - (gathered * weights[..., None]).sum(-2)
+    # the neighbour mean is a sparse map of the mesh onto itself
+    return vertices - apply_sparse_map(vertices, structure.neighbours, structure.neighbour_weights)
 
 
 def _edge_lengths(vertices: Tensor, edges: Tensor) -> Tensor:
     """``(B, E)`` lengths of ``edges`` ``(E, 2)`` in meshes ``(B, V, 3)``."""
-    # vertex-major gather, as in meshrec.geometry.normals.face_normals (a faster backward)
-    start, end = vertices.transpose(0, 1).contiguous().index_select(0, edges.reshape(-1)).unflatten(0, edges.shape).unbind(1)
+    start, end = gather_vertex_rows(vertices, edges).unbind(1)  # (E, B, 3) each
     return ((start - end).square().sum(-1) + _LENGTH_EPS_SQ).sqrt().transpose(0, 1)
 
 

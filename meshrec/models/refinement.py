@@ -418,7 +418,10 @@ class MeshRefiner(nn.Module):
         batch = vertices.shape[0]
         # the residual of a mesh feeds the pass's variance head and the next pass's guidance: once each
         uses_residual = self.config.keypoint_guidance or self.gate.uncertainty_from_evidence
-        residual_of = lambda v, K_, kp: self._keypoint_residual(v, finest, K_, image_size, kp) if uses_residual else None  # noqa: E731
+
+        def residual_of(mesh, intrinsics, evidence):
+            return self._keypoint_residual(mesh, finest, intrinsics, image_size, evidence) if uses_residual else None
+
         residual = residual_of(vertices, K, keypoints)
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
         log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
