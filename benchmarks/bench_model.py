@@ -5,7 +5,9 @@ Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoin
 
 Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and convolutions —
 gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
-batch-1 forwards under torch.inference_mode; throughput is images/s at batch 32. Fixed depth t
+batch-1 forwards under torch.inference_mode; throughput is images/s at batch 32; both for the
+inference copy that ``predict`` and ``evaluate`` run (``model.for_inference()``: batch norms folded,
+the keypoint head's selected groups only) and, interleaved with it, the model as trained. Fixed depth t
 runs exactly t loop passes (tau = 1 never exits); "gate" uses the configured tau (with untrained
 weights its decisions are arbitrary: pass --checkpoint to measure a trained gate).
 
@@ -97,20 +99,32 @@ def time_inference(model, args) -> None:
         print(f"| {name} | {value:.1f} |")
     print(f"| one loop pass | {(total - no_loop) / max(t_max, 1):.1f} |\n")
 
-    print(f"| depth | M multiply-adds | batch 1 latency (ms) | batch {args.batch} images/s | mean passes |\n|---|---:|---:|---:|---:|")
     settings = [(f"fixed {t}", dict(max_passes=t, exit_threshold=1.0)) for t in range(0, t_max + 1)]
     settings.append((f"gate (tau={model.config.gate.exit_threshold})", {}))
     # multiply-adds first: timing right after a FlopCounterMode run was up to 50x slow here
     costs = {label: multiply_adds(model, one, **kwargs)[0] for label, kwargs in settings}
+    # what predict and evaluate run: batch norms folded, the keypoint head's selected groups only
+    inference = model.for_inference()
+    networks = {"inference copy": inference, "as trained (eval mode)": model}
+    times: dict[tuple[str, str], tuple[float, float]] = {}
     with torch.inference_mode():
-        for _ in range(3):  # first calls build oneDNN kernels for each shape: keep them out of the table
-            model(one, exit_threshold=1.0)
-            model(many, exit_threshold=1.0)
+        for network in networks.values():
+            for _ in range(3):  # first calls build oneDNN kernels for each shape: keep them out of the table
+                network(one, exit_threshold=1.0)
+                network(many, exit_threshold=1.0)
         for label, kwargs in settings:
-            latency = median_seconds(lambda: model(one, **kwargs), args.repeats)
-            batch_time = median_seconds(lambda: model(many, **kwargs), max(5, args.repeats // 5), warmup=2)
-            passes = model(many, **kwargs).passes_used.float().mean().item()
-            print(f"| {label} | {costs[label]:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes:.2f} |")
+            for name, network in networks.items():  # interleaved: both see the same machine
+                latency = median_seconds(lambda: network(one, **kwargs), args.repeats)
+                batch_time = median_seconds(lambda: network(many, **kwargs), max(5, args.repeats // 5), warmup=2)
+                times[name, label] = latency, batch_time
+        passes = {label: inference(many, **kwargs).passes_used.float().mean().item() for label, kwargs in settings}
+    for name in networks:
+        print(f"{name}:\n")
+        print(f"| depth | M multiply-adds | batch 1 latency (ms) | batch {args.batch} images/s | mean passes |\n|---|---:|---:|---:|---:|")
+        for label, _ in settings:
+            latency, batch_time = times[name, label]
+            print(f"| {label} | {costs[label]:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes[label]:.2f} |")
+        print()
 
 def training_step_seconds(model, batch, steps: int) -> list[float]:
     """Seconds of ``steps`` training steps of ``model`` on ``batch`` (forward, losses, backward, AdamW)."""

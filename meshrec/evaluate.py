@@ -172,8 +172,9 @@ def evaluate(
     """Run ``model`` over a FreiHAND-layout split and score every stage (module docstring).
 
     Args:
-        model: a :class:`~meshrec.models.reconstructor.HandMeshReconstructor`; its device,
-            dtype and ``config.image_size`` are used (images are resized to it).
+        model: a :class:`~meshrec.models.reconstructor.HandMeshReconstructor`; its inference
+            copy runs (``for_inference()``), on its device and dtype, at its ``config.image_size``
+            (images are resized to it).
         data: the folder holding ``<split>/rgb``, ``<split>_K.json``, ...
         split: ``'evaluation'`` or ``'training'``.
         batch_size: images per forward pass.
@@ -211,6 +212,7 @@ def evaluate(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_hand_samples
     )
 
+    model = model.for_inference()
     device, dtype = model.joint_regressor.device, model.joint_regressor.dtype
     regressor = model.joint_regressor.detach().float().cpu()
     num_vertices = model.num_vertices

@@ -774,8 +774,9 @@ def predict_images(
     recorded in ``failures`` with the reason; the others go on.
 
     Args:
-        model: a :class:`~meshrec.models.reconstructor.HandMeshReconstructor` (eval mode is
-            set for the call; its device and dtype are used).
+        model: a :class:`~meshrec.models.reconstructor.HandMeshReconstructor`; its inference
+            copy runs (:meth:`~meshrec.models.reconstructor.HandMeshReconstructor.for_inference`),
+            on its device and dtype.
         requests: from :func:`collect_requests`, or built by hand.
         out_dir: created if missing; existing files of the same names are replaced.
         formats: mesh formats among :data:`MESH_OUTPUT_FORMATS`.
@@ -809,6 +810,7 @@ def predict_images(
     summary = PredictSummary(out_dir=out_dir)
     stems = _unique_stems(requests)
     crop_size = int(model.config.image_size)
+    model = model.for_inference()
     hands_of: dict[int, int] = {}  # position -> crops of that image
     drawn_of: dict[int, list] = {}  # position -> (vertices, faces, K) of its hands done so far
     sheet: list[tuple[np.ndarray, str]] = []

@@ -314,3 +314,22 @@ def test_heatmap_spread_is_the_rms_distance_from_the_mean_against_a_direct_sum()
     mean_v = (heatmaps * rows).sum((-2, -1), keepdim=True)
     direct = (heatmaps * ((columns - mean_u) ** 2 + (rows - mean_v) ** 2)).sum((-2, -1)).sqrt() * 4
     torch.testing.assert_close(heatmap_spread(heatmaps, 4), direct)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_selected_groups_only_give_the_same_keypoints(groups):
+    head = _head(groups).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(head.predictor.weight, std=0.3)  # peaked maps, distinct per group
+        torch.nn.init.normal_(head.predictor.bias, std=0.3)
+        full = head(_features())
+        selected = head(_features(), selected_only=True)
+    for name in ("joints2d", "depth", "heatmaps", "assignment"):
+        torch.testing.assert_close(getattr(selected, name), getattr(full, name), atol=1e-5, rtol=1e-5, msg=name)
+    assert selected.group_joints2d is None and selected.group_depth is None
+
+
+def test_selected_only_is_ignored_where_the_selector_mixes_groups():
+    for head in (_head(3).train(), _head(3, inference_selector="expected").eval()):
+        out = head(_features(), temperature=0.5, selected_only=True)
+        assert out.group_joints2d.shape == (2, 3, 21, 2)

@@ -417,3 +417,43 @@ def test_the_variance_head_reads_the_keypoint_evidence(cache_dir):
         ).pass_log_variance[-1]
         torch.nn.init.normal_(refiner.loop_heads.variance.weight, std=1.0)
         assert not torch.allclose(run(0.0), run(8.0))
+
+
+def _randomize_batch_norms(network: torch.nn.Module, seed: int = 3) -> None:
+    """Running statistics and affine parameters far from the identity, so folding is tested."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in network.modules():
+            if isinstance(norm, torch.nn.BatchNorm2d):
+                shape = norm.running_mean.shape
+                norm.running_mean.copy_(torch.randn(shape, generator=generator) * 0.3)
+                norm.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+                norm.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                norm.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+
+
+def test_inference_copy_predicts_what_the_model_predicts(cache_dir):
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+    _randomize_batch_norms(model)
+    inference = model.for_inference()
+    assert inference.for_inference() is inference and not model.inference_only
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 10  # the original keeps its own
+    images, K = hand_batch(3)
+    with torch.no_grad():
+        expected = model(images, K, side=["left", "right", "left"], exit_threshold=1.0)
+        actual = inference(images, K, side=["left", "right", "left"], exit_threshold=1.0)
+    for name in ("vertices", "joints2d", "keypoints2d", "keypoint_depth", "joint_variance", "global_vertices"):
+        torch.testing.assert_close(getattr(actual, name), getattr(expected, name), atol=1e-4, rtol=1e-4, msg=name)
+    torch.testing.assert_close(actual.keypoint_head.heatmaps, expected.keypoint_head.heatmaps, atol=1e-5, rtol=1e-4)
+    for ours, theirs in zip(actual.pass_exit_logit + actual.pass_log_variance, expected.pass_exit_logit + expected.pass_log_variance):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    # only each joint's selected group ran
+    assert actual.keypoint_head.group_joints2d is None and expected.keypoint_head.group_joints2d is not None
+    with pytest.raises(MeshrecError, match="inference copy.*train the model it was made from"):
+        inference.train()
+    with pytest.raises(MeshrecError, match="eval mode"):
+        from meshrec.models.fusion import fold_batch_norms
+
+        fold_batch_norms(model.train())

@@ -61,6 +61,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with an identity shortcut (ResNet's basic block)."""
 
+    conv_batch_norm_pairs = (("conv2", "bn2"),)  # for meshrec.models.fusion.fold_batch_norms
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = conv_bn_relu(channels, channels)

@@ -274,8 +274,9 @@ class JointGroupsOutput:
         joints2d: (B, J, 2) ``(u, v)`` crop pixels, pixel centres at integers.
         depth: (B, J) depth in metres as predicted; root-relative once the model subtracts
             joint 0's.
-        group_joints2d: (B, G, J, 2) each group's ``(u, v)`` crop pixels for every joint.
-        group_depth: (B, G, J) each group's depth, metres.
+        group_joints2d: (B, G, J, 2) each group's ``(u, v)`` crop pixels for every joint;
+            None when only each joint's selected group ran (``selected_only``).
+        group_depth: (B, G, J) each group's depth, metres; None with ``selected_only``.
         assignment: (J, G) selector weights used in this forward; ``assignment[j, g]`` is
             the share of group ``g`` in joint ``j``'s output; rows sum to 1.
         heatmaps: (B, J, h, w) selector-weighted heatmap probabilities (each map sums to 1).
@@ -285,8 +286,8 @@ class JointGroupsOutput:
 
     joints2d: Tensor
     depth: Tensor
-    group_joints2d: Tensor
-    group_depth: Tensor
+    group_joints2d: Tensor | None
+    group_depth: Tensor | None
     assignment: Tensor
     heatmaps: Tensor
     features: Tensor
@@ -422,13 +423,18 @@ class JointGroupsHead(nn.Module):
             if not bool(torch.isfinite(features.sum(dtype=accumulate))):
                 raise JointGroupsError("features must be finite, got NaN or infinite values")
 
-    def forward(self, features: Tensor, temperature: float | None = None) -> JointGroupsOutput:
+    def forward(self, features: Tensor, temperature: float | None = None, selected_only: bool = False) -> JointGroupsOutput:
         """Predict keypoints from one pyramid level.
 
         Args:
             features: (B, in_channels, h, w) the pyramid level at ``config.feature_stride``.
             temperature: Gumbel-softmax temperature for the training-mode selector sample
                 (``None``: ``config.temperature_end``); ignored in eval mode.
+            selected_only: where the selector is one-hot (eval mode with the ``argmax``
+                selector), predict each joint from its selected group alone: the same keypoints,
+                depths and heatmaps for a third of the heatmaps at G = 3 (the softmax and mixing of
+                every group's maps were ~40 % of the head at batch 32, docs/benchmarks.md); the
+                per-group outputs are then None. Ignored where the selector mixes groups.
 
         Returns:
             :class:`JointGroupsOutput`; device follows ``features``; dtype too, except that
@@ -439,6 +445,8 @@ class JointGroupsHead(nn.Module):
         group_features = self.branch(features)
         if self.fusion is not None:
             group_features = self.fusion(group_features)
+        if selected_only and not self.training and self.config.inference_selector == "argmax":
+            return self._selected_groups_forward(group_features)
         # (B, G * 2J, h, w) -> (B, G, 2, J, h, w): [:, g, 0] heatmap logits, [:, g, 1] raw depth.
         predictions = self.predictor(group_features).unflatten(1, (self.num_groups, 2, self.num_joints))
         # Coordinates are computed in at least float32, outside autocast: bfloat16 resolves
@@ -460,6 +468,40 @@ class JointGroupsHead(nn.Module):
             depth=depth,
             group_joints2d=group_joints2d,
             group_depth=group_depth,
+            assignment=assignment,
+            heatmaps=heatmaps,
+            features=group_features,
+        )
+
+    def _selected_predictor(self) -> tuple[Tensor, Tensor]:
+        """The predictor of each joint's selected group as one dense 1x1 conv over all groups'
+        features: weight ``(2J, G * channels, 1, 1)``, rows ``[0, J)`` heatmap logits and ``[J, 2J)``
+        raw depths of joints 0..J-1, zero outside the selected group's channels; bias ``(2J,)``."""
+        joints, channels = self.num_joints, self.config.channels
+        group = self.group_of_joint()  # (J,)
+        joint = torch.arange(joints, device=group.device)
+        # predictor rows are group-major: group g's heatmap j at g * 2J + j, its depth j at g * 2J + J + j
+        rows = torch.cat([group * 2 * joints + joint, group * 2 * joints + joints + joint])
+        weight = self.predictor.weight.index_select(0, rows).view(2 * joints, channels)
+        dense = weight.new_zeros(2 * joints, self.num_groups, channels)
+        dense[torch.arange(2 * joints, device=group.device), group.repeat(2)] = weight
+        return dense.view(2 * joints, self.num_groups * channels, 1, 1), self.predictor.bias.index_select(0, rows)
+
+    def _selected_groups_forward(self, group_features: Tensor) -> JointGroupsOutput:
+        """:meth:`forward` with a one-hot selector: each joint from its selected group only."""
+        weight, bias = self._selected_predictor()
+        predictions = F.conv2d(group_features, weight.to(group_features.dtype), bias.to(group_features.dtype))
+        with torch.autocast(device_type=predictions.device.type, enabled=False):
+            predictions = predictions.float() if predictions.dtype in (torch.float16, torch.bfloat16) else predictions
+            predictions = predictions.contiguous().unflatten(1, (2, self.num_joints))  # [:, 0] logits, [:, 1] raw depth
+            uv_cells, heatmaps = soft_argmax_2d(predictions[:, 0])
+            depth = (heatmaps * predictions[:, 1]).sum(dim=(-2, -1)) * self.config.depth_scale
+            assignment = self.selector_weights().to(heatmaps.dtype)
+        return JointGroupsOutput(
+            joints2d=heatmap_to_image_pixels(uv_cells, self.config.feature_stride),
+            depth=depth,
+            group_joints2d=None,
+            group_depth=None,
             assignment=assignment,
             heatmaps=heatmaps,
             features=group_features,

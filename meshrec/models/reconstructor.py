@@ -13,6 +13,7 @@ exactly the left hand's; callers and losses only ever see their own camera frame
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import Backbone, BackboneConfig
+from meshrec.models.fusion import fold_batch_norms
 from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
 from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, heatmap_spread
 from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
@@ -109,11 +111,37 @@ class HandMeshReconstructor(nn.Module):
             self.refiner = MeshRefiner(model, hierarchy, regressor, channels, channels[-1], config.refinement, config.gate)
         if config.weights:
             load_starting_weights(self, config.weights)
-        if config.channels_last:
+        self._set_memory_format()
+        self.inference_only = False
+
+    def _set_memory_format(self) -> None:
+        if self.config.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
             if self.keypoint_head is not None:
                 self.keypoint_decoder.to(memory_format=torch.channels_last)
                 self.keypoint_head.to(memory_format=torch.channels_last)
+
+    def for_inference(self) -> "HandMeshReconstructor":
+        """An eval-mode copy for prediction: each batch norm folded into the convolution before it
+        (:mod:`meshrec.models.fusion`), and a keypoint head that computes each joint's selected
+        group only (``JointGroupsHead.forward``'s ``selected_only``: its per-group outputs are
+        None). The same outputs to float rounding, faster (docs/benchmarks.md). The copy cannot
+        train; train the model it was made from. A copy is returned as is."""
+        if self.inference_only:
+            return self
+        inference = copy.deepcopy(self).eval()
+        fold_batch_norms(inference)
+        inference._set_memory_format()
+        inference.inference_only = True
+        return inference
+
+    def train(self, mode: bool = True) -> "HandMeshReconstructor":
+        if mode and getattr(self, "inference_only", False):
+            raise MeshrecError(
+                "this model is an inference copy (for_inference() folded its batch norms into the convolutions) "
+                "and cannot train; train the model it was made from"
+            )
+        return super().train(mode)
 
     @property
     def num_vertices(self) -> int:
@@ -232,7 +260,7 @@ class HandMeshReconstructor(nn.Module):
         parametric = self.global_stage(pyramid[-1], K, image_size)
         keypoints = None
         if self.keypoint_head is not None:
-            keypoints = self.keypoint_head(self.keypoint_decoder(pyramid), temperature=temperature)
+            keypoints = self.keypoint_head(self.keypoint_decoder(pyramid), temperature=temperature, selected_only=self.inference_only)
         vertices = parametric.vertices
         level_vertices, pass_vertices, pass_log_variance, pass_exit_logit = [], [], [], []
         passes_used = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
@@ -377,7 +405,7 @@ def mirror_left(prediction: Prediction, left: torch.Tensor) -> Prediction:
         keypoint_head = dataclasses.replace(
             keypoint_head,
             joints2d=pixels(keypoint_head.joints2d),
-            group_joints2d=pixels(keypoint_head.group_joints2d),
+            group_joints2d=None if keypoint_head.group_joints2d is None else pixels(keypoint_head.group_joints2d),
             heatmaps=torch.where(left.view(-1, 1, 1, 1), keypoint_head.heatmaps.flip(-1), keypoint_head.heatmaps),
         )
     return dataclasses.replace(
