@@ -4,7 +4,9 @@
 ``B`` short rows per index and, in backward, scatter them back one by one (advanced indexing
 even with an accumulating ``index_put``). Moving the vertex axis first turns every index into one
 contiguous ``B x C`` row, forward and backward (``index_add`` on dim 0): 1.3-6x faster at batch
-32 on a CPU for this project's maps, normals and edges (docs/benchmarks.md), same values.
+32 on a CPU for this project's normals and edges (docs/benchmarks.md), same values. (Weighted sums
+of gathered rows, the mesh hierarchy's maps, are one ``embedding_bag``:
+:func:`meshrec.geometry.mesh_hierarchy.apply_sparse_map`.)
 """
 
 from __future__ import annotations
