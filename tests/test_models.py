@@ -285,6 +285,13 @@ def test_starting_weights_load_part_by_part_and_mismatches_are_named(cache_dir, 
     with pytest.warns(UserWarning, match="keypoint_head does not fit .*starts from random weights"):
         loaded = HandMeshReconstructor(small_config(weights=str(whole), keypoints=other_groups), hierarchy_cache_dir=cache_dir)
     assert same("backbone", loaded, model) and same("refiner", loaded, model)
+    # a design that adds weights to a part (another variance head) loads the rest of that part
+    linear_sigma = small_config(gate=dataclasses.replace(small_config().gate, uncertainty_head="linear"))
+    torch.save(HandMeshReconstructor(linear_sigma, hierarchy_cache_dir=cache_dir).state_dict(), tmp_path / "linear.pt")
+    with pytest.warns(UserWarning, match=r"refiner loaded except 4 weights the file lacks.*loop_heads.variance.0.bias"):
+        loaded = HandMeshReconstructor(small_config(weights=str(tmp_path / "linear.pt")), hierarchy_cache_dir=cache_dir)
+    reference = torch.load(tmp_path / "linear.pt")
+    assert torch.equal(loaded.refiner.loop_block.project.weight, reference["refiner.loop_block.project.weight"])
     with pytest.raises(MeshrecError, match=r"do not fit the configured backbone: wrong shapes"):
         HandMeshReconstructor(small_config(backbone=BackboneConfig(widths=(8, 16, 24, 48)), weights=str(whole)), hierarchy_cache_dir=cache_dir)
     with pytest.raises(MeshrecError, match="not found"):
@@ -415,7 +422,8 @@ def test_the_variance_head_reads_the_keypoint_evidence(cache_dir):
             pyramid, prediction.global_vertices, prediction.root, K, (SIZE, SIZE), pooled,
             keypoints=(prediction.keypoints2d + shift, prediction.keypoint_depth, torch.ones(1, 21)), exit_threshold=1.0,
         ).pass_log_variance[-1]
-        torch.nn.init.normal_(refiner.loop_heads.variance.weight, std=1.0)
+        for parameter in refiner.loop_heads.variance.parameters():
+            torch.nn.init.normal_(parameter, std=1.0)
         assert not torch.allclose(run(0.0), run(8.0))
 
 

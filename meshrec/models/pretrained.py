@@ -97,10 +97,12 @@ def read_weights_file(name_or_path: str | os.PathLike) -> tuple[dict[str, torch.
 def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> list[str]:
     """Load every part of ``model`` that the file holds and that fits; returns the parts loaded.
 
-    A part is loaded whole or not at all. The backbone must fit (otherwise the error names what
-    does not); a head that does not fit (e.g. another ``keypoints.groups``) keeps its initial
-    weights, with a warning naming it. Parts the file lacks (a refiner the file's run did not
-    train) keep their initial weights.
+    A part whose weights have other shapes than the file's is not loaded at all: the backbone
+    must fit (otherwise the error names what does not); a head that does not fit (e.g. another
+    ``keypoints.groups``) keeps its initial weights, with a warning naming it. A part that has
+    weights the file lacks (a design that added a head, e.g. ``gate.uncertainty_head``) loads
+    the others and keeps its initial values for those, with a warning naming them. Parts the
+    file lacks (a refiner the file's run did not train) keep their initial weights.
     """
     path = resolve_weights(name_or_path)
     state = read_state_dict(path)
@@ -113,7 +115,7 @@ def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> 
         expected = module.state_dict()
         missing = sorted(set(expected) - set(held))
         wrong = [f"{k} {tuple(held[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items() if k in held and held[k].shape != v.shape]
-        if missing or wrong:
+        if wrong or (missing and part == REQUIRED_PART):
             problems = "; ".join(
                 ([f"missing {len(missing)} keys, e.g. {missing[:3]}"] if missing else [])
                 + ([f"wrong shapes: {wrong[:3]}"] if wrong else [])
@@ -123,7 +125,10 @@ def load_starting_weights(model: nn.Module, name_or_path: str | os.PathLike) -> 
                                    "use the model settings the file was made with (its JSON says which) or model.weights=null")
             warnings.warn(f"weights {path}: {part} does not fit this model's settings and starts from random weights ({problems})", stacklevel=2)
             continue
-        module.load_state_dict({k: held[k] for k in expected})
+        if missing:
+            warnings.warn(f"weights {path}: {part} loaded except {len(missing)} weights the file lacks, which start "
+                          f"from their initial values: {missing[:4]}{' ...' if len(missing) > 4 else ''}", stacklevel=2)
+        module.load_state_dict({k: held[k] for k in expected if k in held}, strict=not missing)
         loaded.append(part)
     if not loaded:
         raise MeshrecError(f"{path} holds no part of this model (expected keys starting with one of {list(_PARTS)})")

@@ -359,7 +359,8 @@ def model_config_of_file(settings: dict) -> ModelConfig:
         settings["backbone"] = {k: v for k, v in settings["backbone"].items() if k != "weights"}
     earlier_design = {
         "refinement": {"finest_level": 0},  # blocks and loop on the full mesh
-        "gate": {"uncertainty_from_evidence": False},  # sigma from features and positions only
+        "gate": {"uncertainty_from_evidence": False,  # sigma from features and positions only
+                 "uncertainty_head": "linear"},  # one linear map shared by the joints
     }
     for part, defaults in earlier_design.items():
         settings[part] = {**defaults, **(settings.get(part) or {})}
