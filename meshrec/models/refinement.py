@@ -355,32 +355,41 @@ class MeshRefiner(nn.Module):
             return vertices.new_zeros(vertices.shape[0], vertices.shape[1], GUIDANCE_CHANNELS)
         return residual.index_select(1, getattr(self, f"association_{level}"))
 
-    def _keypoint_residual(self, vertices, level, K, image_size, keypoints) -> torch.Tensor | None:
-        """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's, in
-        units of 1/16 of the crop and centimetres; None without keypoints."""
+    @staticmethod
+    def _prepare_evidence(keypoints, K, image_size) -> tuple[torch.Tensor, ...] | None:
+        """The keypoint head's outputs in the guidance's units, once per forward: ``(pixels (B, 21, 2),
+        root-relative depth (B, 21), heatmap spread (B, 21), K (B, 3, 3))``, pixels and spread in
+        units of 1/16 of the crop (``K``'s pixel rows divided by that unit project into it), depth
+        in centimetres, spread 0 where the head gave none; None without keypoints."""
         if keypoints is None:
             return None
         pixels, depth = keypoints[0], keypoints[1]
+        height, width = image_size
+        unit = K.new_tensor([width, height]) * GUIDANCE_PIXEL_FRACTION
+        K_units = torch.cat([K[:, :2] / unit.view(1, 2, 1), K[:, 2:]], dim=1)
+        spread = keypoints[2] if len(keypoints) > 2 else None
+        spread = depth.new_zeros(depth.shape) if spread is None else spread / (max(image_size) * GUIDANCE_PIXEL_FRACTION)
+        return pixels / unit, (depth - depth[:, :1]) * GUIDANCE_DEPTH_SCALE, spread, K_units
+
+    def _keypoint_residual(self, vertices, level, evidence) -> torch.Tensor | None:
+        """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's, in
+        units of 1/16 of the crop and centimetres; ``evidence`` from :meth:`_prepare_evidence`
+        (None without keypoints: None)."""
+        if evidence is None:
+            return None
+        pixels, depth, _, K_units = evidence
         mesh_keypoints = self._keypoints(vertices, level)
-        unit = vertices.new_tensor([image_size[1], image_size[0]]) * GUIDANCE_PIXEL_FRACTION
-        residual2d = (pixels - project_points(mesh_keypoints, K)) / unit  # (B, 21, 2)
-        mesh_depth = mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]
-        residual_depth = (depth - depth[:, :1] - mesh_depth) * GUIDANCE_DEPTH_SCALE  # (B, 21)
-        return torch.cat([residual2d, residual_depth.unsqueeze(-1)], dim=-1)
+        residual2d = pixels - project_points(mesh_keypoints, K_units)  # (B, 21, 2)
+        mesh_depth = (mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]) * GUIDANCE_DEPTH_SCALE
+        return torch.cat([residual2d, (depth - mesh_depth).unsqueeze(-1)], dim=-1)
 
     @staticmethod
-    def _evidence(residual, keypoints, image_size, like: torch.Tensor) -> torch.Tensor:
+    def _evidence(residual, evidence, like: torch.Tensor) -> torch.Tensor:
         """``(B, 21, EVIDENCE_CHANNELS)``: the keypoint residual, its length and the head's
-        heatmap spread (zeros where there is no keypoint head or no spread)."""
-        batch = like.shape[0]
+        heatmap spread (zeros where there is no keypoint head)."""
         if residual is None:
-            return like.new_zeros(batch, 21, EVIDENCE_CHANNELS)
-        spread = keypoints[2] if len(keypoints) > 2 else None
-        if spread is None:
-            spread = like.new_zeros(batch, 21)
-        else:
-            spread = spread / (like.new_tensor(float(max(image_size))) * GUIDANCE_PIXEL_FRACTION)
-        return torch.cat([residual, residual.norm(dim=-1, keepdim=True), spread.unsqueeze(-1)], dim=-1)
+            return like.new_zeros(like.shape[0], 21, EVIDENCE_CHANNELS)
+        return torch.cat([residual, residual.norm(dim=-1, keepdim=True), evidence[2].unsqueeze(-1)], dim=-1)
 
     # ---------------------------------------------------------------- forward
 
@@ -410,6 +419,7 @@ class MeshRefiner(nn.Module):
             exit_threshold: override of ``gate.exit_threshold``.
         """
         bases = self.mesh_levels(base_vertices)
+        evidence = self._prepare_evidence(keypoints, K, image_size)
         finest = self.finest_level
         level_vertices: list[torch.Tensor] = [None] * self.num_levels  # type: ignore[list-item]
         offset = carried = None
@@ -419,7 +429,7 @@ class MeshRefiner(nn.Module):
                 vertices = vertices + self._up(offset, level)
                 carried = self._up(carried, level)
             feature_map = pyramid[self.pyramid_index[level]]
-            residual = self._keypoint_residual(vertices, level, K, image_size, keypoints) if self.config.keypoint_guidance else None
+            residual = self._keypoint_residual(vertices, level, evidence) if self.config.keypoint_guidance else None
             inputs = self._inputs(vertices, level, feature_map, K, image_size, root, residual, carried)
             carried = self.blocks[level](inputs, condition)
             vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
@@ -438,10 +448,10 @@ class MeshRefiner(nn.Module):
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         adaptive = self.gate.adaptive and not self.training
         self._loop(output, bases, level_vertices, carried, pyramid[self.pyramid_index[finest]], K, image_size, root,
-                   condition, keypoints, passes, threshold, adaptive)  # fmt: skip
+                   condition, evidence, passes, threshold, adaptive)  # fmt: skip
         return output
 
-    def _loop(self, output, bases, level_vertices, hidden, feature_map, K, image_size, root, condition, keypoints, passes, threshold, adaptive):
+    def _loop(self, output, bases, level_vertices, hidden, feature_map, K, image_size, root, condition, evidence, passes, threshold, adaptive):
         """The gated passes at ``finest_level``; each pass's mesh is reported at full resolution."""
         finest = self.finest_level
         vertices, full = level_vertices[finest], level_vertices[0]
@@ -449,10 +459,10 @@ class MeshRefiner(nn.Module):
         # the residual of a mesh feeds the pass's variance head and the next pass's guidance: once each
         uses_residual = self.config.keypoint_guidance or self.gate.uncertainty_from_evidence
 
-        def residual_of(mesh, intrinsics, evidence):
-            return self._keypoint_residual(mesh, finest, intrinsics, image_size, evidence) if uses_residual else None
+        def residual_of(mesh, mesh_evidence):
+            return self._keypoint_residual(mesh, finest, mesh_evidence) if uses_residual else None
 
-        residual = residual_of(vertices, K, keypoints)
+        residual = residual_of(vertices, evidence)
         # root-relative joints of the global stage's mesh, for the variance head's displacement input
         global_joints = self._relative_keypoints(bases[finest], finest) if self.gate.uncertainty_head == "joint_mlp" else None
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
@@ -464,15 +474,15 @@ class MeshRefiner(nn.Module):
                 return t if active is None or t is None else t.index_select(0, active)
 
             sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
-            sub_keypoints = None if keypoints is None else tuple(take(t) for t in keypoints)
+            sub_evidence = None if evidence is None else tuple(take(t) for t in evidence)
             inputs = self._inputs(sub_vertices, finest, take(feature_map), sub_K, image_size, sub_root, take(residual), sub_hidden)
             sub_hidden = self.loop_block(inputs, take(condition))
             move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
             sub_vertices = sub_vertices + move
             sub_full = sub_vertices if finest == 0 else take(bases[0]) + self._up_to(sub_vertices - take(bases[finest]), finest, 0)
-            sub_residual = residual_of(sub_vertices, sub_K, sub_keypoints)
+            sub_residual = residual_of(sub_vertices, sub_evidence)
             sub_log_variance, sub_exit = self._pass_heads(
-                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_residual, sub_keypoints, image_size, take(global_joints)
+                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_residual, sub_evidence, take(global_joints)
             )
             if active is None:
                 vertices, full, hidden, log_variance, exit_logit = sub_vertices, sub_full, sub_hidden, sub_log_variance, sub_exit
@@ -504,16 +514,17 @@ class MeshRefiner(nn.Module):
         keypoints = self._keypoints(vertices, level)
         return keypoints - keypoints[:, :1]
 
-    def _pass_heads(self, vertices, hidden, root, move, step, passes, residual, keypoints, image_size, global_joints):
+    def _pass_heads(self, vertices, hidden, root, move, step, passes, residual, evidence, global_joints):
         """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass; ``residual``
-        is the moved mesh's keypoint residual (None without a keypoint head), ``global_joints``
-        the global stage's root-relative joints (read by the ``'joint_mlp'`` variance head)."""
+        is the moved mesh's keypoint residual and ``evidence`` :meth:`_prepare_evidence`'s (None
+        without a keypoint head), ``global_joints`` the global stage's root-relative joints (read
+        by the ``'joint_mlp'`` variance head)."""
         regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
         joint_positions = (regressor @ vertices - root.unsqueeze(1)) * 10.0
         parts = [joint_features, joint_positions]
         if self.gate.uncertainty_from_evidence:
-            parts.append(self._evidence(residual, keypoints, image_size, like=vertices))
+            parts.append(self._evidence(residual, evidence, like=vertices))
         if global_joints is not None:
             displacement = (self._relative_keypoints(vertices, self.finest_level) - global_joints) * DISPLACEMENT_SCALE
             parts += [displacement, displacement.norm(dim=-1, keepdim=True), self.joint_identity.expand(vertices.shape[0], -1, -1)]
