@@ -61,6 +61,8 @@ GUIDANCE_DEPTH_SCALE = 100.0
 
 UNCERTAINTY_HEADS = ("linear", "joint_mlp")
 
+NUM_JOINTS = len(OPENPOSE_PARENTS)  # the keypoints guided and scored: OpenPose order
+
 
 @dataclass
 class RefinementConfig:
@@ -180,7 +182,7 @@ def vertex_keypoint_association(rest_keypoints: np.ndarray, vertices: np.ndarray
         dominant bone (the bone's joint and its children in OpenPose order).
     """
     openpose_of_mano_joint = np.asarray(OPENPOSE_TO_MANO21)[:16]  # mano21[k] = openpose[this[k]]
-    children = {k: [c for c, p in enumerate(OPENPOSE_PARENTS) if p == k] for k in range(21)}
+    children = {k: [c for c, p in enumerate(OPENPOSE_PARENTS) if p == k] for k in range(NUM_JOINTS)}
     dominant = weights.argmax(axis=1)
     association = np.empty(len(vertices), dtype=np.int64)
     for joint in np.unique(dominant):
@@ -217,7 +219,6 @@ EVIDENCE_CHANNELS = GUIDANCE_CHANNELS + 2
 # the joint's root-relative displacement from the global stage's, and its length, in centimetres
 DISPLACEMENT_CHANNELS = 4
 DISPLACEMENT_SCALE = 100.0
-NUM_JOINTS = 21
 UNCERTAINTY_HIDDEN = 32
 
 
@@ -388,7 +389,7 @@ class MeshRefiner(nn.Module):
         """``(B, 21, EVIDENCE_CHANNELS)``: the keypoint residual, its length and the head's
         heatmap spread (zeros where there is no keypoint head)."""
         if residual is None:
-            return like.new_zeros(like.shape[0], 21, EVIDENCE_CHANNELS)
+            return like.new_zeros(like.shape[0], NUM_JOINTS, EVIDENCE_CHANNELS)
         return torch.cat([residual, residual.norm(dim=-1, keepdim=True), evidence[2].unsqueeze(-1)], dim=-1)
 
     # ---------------------------------------------------------------- forward
@@ -466,7 +467,7 @@ class MeshRefiner(nn.Module):
         # root-relative joints of the global stage's mesh, for the variance head's displacement input
         global_joints = self._relative_keypoints(bases[finest], finest) if self.gate.uncertainty_head == "joint_mlp" else None
         passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
-        log_variance = vertices.new_full((batch, 21), LOG_VARIANCE_INIT)
+        log_variance = vertices.new_full((batch, NUM_JOINTS), LOG_VARIANCE_INIT)
         exit_logit = vertices.new_zeros(batch)
         active = None  # None: every sample (no index_select needed)
         for step in range(passes):
@@ -521,12 +522,13 @@ class MeshRefiner(nn.Module):
         by the ``'joint_mlp'`` variance head)."""
         regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
-        joint_positions = (regressor @ vertices - root.unsqueeze(1)) * 10.0
+        joints = regressor @ vertices
+        joint_positions = (joints - root.unsqueeze(1)) * 10.0
         parts = [joint_features, joint_positions]
         if self.gate.uncertainty_from_evidence:
             parts.append(self._evidence(residual, evidence, like=vertices))
         if global_joints is not None:
-            displacement = (self._relative_keypoints(vertices, self.finest_level) - global_joints) * DISPLACEMENT_SCALE
+            displacement = (joints - joints[:, :1] - global_joints) * DISPLACEMENT_SCALE
             parts += [displacement, displacement.norm(dim=-1, keepdim=True), self.joint_identity.expand(vertices.shape[0], -1, -1)]
         log_variance = self.loop_heads.variance(torch.cat(parts, -1)).squeeze(-1)
         log_variance = log_variance.clamp(*LOG_VARIANCE_RANGE)
