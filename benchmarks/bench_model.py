@@ -7,7 +7,8 @@ Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and co
 gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
 batch-1 forwards under torch.inference_mode; throughput is images/s at batch 32; both for the
 inference copy that ``predict`` and ``evaluate`` run (``model.for_inference()``: batch norms folded,
-the keypoint head's selected groups only) and, interleaved with it, the model as trained. Fixed depth t
+the keypoint head's selected groups only, the stem and the loop pass replayed from traced graphs),
+and, interleaved with it, the same copy without traced graphs and the model as trained. Fixed depth t
 runs exactly t loop passes (tau = 1 never exits); "gate" uses the configured tau (with untrained
 weights its decisions are arbitrary: pass --checkpoint to measure a trained gate).
 
@@ -103,9 +104,11 @@ def time_inference(model, args) -> None:
     settings.append((f"gate (tau={model.config.gate.exit_threshold})", {}))
     # multiply-adds first: timing right after a FlopCounterMode run was up to 50x slow here
     costs = {label: multiply_adds(model, one, **kwargs)[0] for label, kwargs in settings}
-    # what predict and evaluate run: batch norms folded, the keypoint head's selected groups only
+    # what predict and evaluate run: batch norms folded, the keypoint head's selected groups only,
+    # traced graphs (traced at a signature's third call, in the warm-up calls below)
     inference = model.for_inference()
-    networks = {"inference copy": inference, "as trained (eval mode)": model}
+    networks = {"inference copy": inference, "inference copy without traced graphs": model.for_inference(traced=False),
+                "as trained (eval mode)": model}
     times: dict[tuple[str, str], tuple[float, float]] = {}
     with torch.inference_mode():
         for network in networks.values():
@@ -115,7 +118,7 @@ def time_inference(model, args) -> None:
         for label, kwargs in settings:
             for name, network in networks.items():  # interleaved: both see the same machine
                 latency = median_seconds(lambda: network(one, **kwargs), args.repeats)
-                batch_time = median_seconds(lambda: network(many, **kwargs), max(5, args.repeats // 5), warmup=2)
+                batch_time = median_seconds(lambda: network(many, **kwargs), max(5, args.repeats // 5), warmup=3)
                 times[name, label] = latency, batch_time
         passes = {label: inference(many, **kwargs).passes_used.float().mean().item() for label, kwargs in settings}
     for name in networks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -438,6 +439,44 @@ def _randomize_batch_norms(network: torch.nn.Module, seed: int = 3) -> None:
                 norm.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
                 norm.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
                 norm.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+
+
+def test_traced_inference_copy_predicts_what_the_eager_copy_predicts(cache_dir):
+    """The stem and the loop pass replayed from traced graphs, on other inputs than those they
+    were traced with: left and right crops, every pass, and the gate's sub-batches."""
+    from meshrec.models.traced import TracedMethod, _Graph
+
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+    _randomize_batch_norms(model)
+    eager, traced = model.for_inference(traced=False), model.for_inference()
+    assert eager._traced is None and set(traced._traced) == {"stem", "loop_pass"}
+    generator = torch.Generator().manual_seed(5)
+    images = [torch.rand(5, 3, SIZE, SIZE, generator=generator) for _ in range(TracedMethod(model, "stem").trace_after + 2)]
+    K = default_intrinsics(SIZE, batch=5)
+    sides = ["left", "right", "left", "right", "right"]
+    with torch.inference_mode():
+        first_exit = torch.sigmoid(eager(images[0], K, sides, exit_threshold=1.0).pass_exit_logit[0])
+        threshold = float(first_exit.median())  # some samples leave after the first pass, some stay
+        for settings in (dict(exit_threshold=1.0), dict(exit_threshold=threshold), dict(max_passes=1)):
+            for batch in images:  # the last calls replay graphs traced on earlier images
+                actual = traced(batch, K, sides, **settings)
+                expected = eager(batch, K, sides, **settings)
+            assert torch.equal(actual.passes_used, expected.passes_used)
+            for name in ("vertices", "joints2d", "keypoints2d", "joint_variance", "global_rotations", "root"):
+                torch.testing.assert_close(getattr(actual, name), getattr(expected, name), atol=1e-5, rtol=1e-4, msg=name)
+            for ours, theirs in zip(actual.pass_vertices + actual.pass_exit_logit, expected.pass_vertices + expected.pass_exit_logit):
+                torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(actual.keypoint_head.heatmaps, expected.keypoint_head.heatmaps, atol=1e-6, rtol=1e-4)
+    assert 0 < int((first_exit > threshold).sum()) < 5
+    for method in traced._traced.values():  # graphs ran, not the eager fallback
+        assert any(isinstance(entry, _Graph) for entry in method.graphs.values())
+    with torch.enable_grad():  # gradients wanted: the eager methods, whose outputs carry them
+        assert traced(images[0], K, sides).vertices.requires_grad
+    copied = copy.deepcopy(traced)
+    assert all(not method.graphs and method.owner in (copied, copied.refiner) for method in copied._traced.values())
+    traced.double()  # graphs hold the weights as traced: a new dtype traces anew
+    assert all(not method.graphs for method in traced._traced.values())
 
 
 def test_inference_copy_predicts_what_the_model_predicts(cache_dir):

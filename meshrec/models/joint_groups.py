@@ -417,8 +417,9 @@ class JointGroupsHead(nn.Module):
         # One reduction instead of an elementwise isfinite (which cost ~7% of the head on
         # CPU): any NaN or inf makes the sum non-finite; accumulating in float32 (float64
         # for float64 input) keeps half-precision sums from overflowing. A data-dependent
-        # check graph-breaks torch.compile, so it is skipped while compiling.
-        if not torch.compiler.is_compiling():
+        # check graph-breaks torch.compile and would be fixed in a traced graph, so it is
+        # skipped while compiling or tracing.
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
             accumulate = torch.float64 if features.dtype == torch.float64 else torch.float32
             if not bool(torch.isfinite(features.sum(dtype=accumulate))):
                 raise JointGroupsError("features must be finite, got NaN or infinite values")

@@ -28,12 +28,13 @@ from meshrec.geometry.camera import default_intrinsics, project_points
 from meshrec.geometry.mesh_hierarchy import load_or_build_hierarchy
 from meshrec.models.backbone import Backbone, BackboneConfig
 from meshrec.models.fusion import fold_batch_norms
-from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, joint_regressor_openpose
-from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, heatmap_spread
+from meshrec.models.global_stage import GlobalStage, GlobalStageConfig, GlobalStageOutput, joint_regressor_openpose
+from meshrec.models.joint_groups import JointGroupsConfig, JointGroupsHead, JointGroupsOutput, heatmap_spread
 from meshrec.models.keypoint_decoder import KeypointDecoder, decoder_levels
 from meshrec.models.pretrained import load_starting_weights, load_tensors_file
 from meshrec.models.prediction import Prediction
-from meshrec.models.refinement import GateConfig, MeshRefiner, RefinementConfig
+from meshrec.models.refinement import GateConfig, LoopState, MeshRefiner, RefinementConfig, RefinementOutput
+from meshrec.models.traced import TracedMethod
 from meshrec.sides import SIDE_LEFT, side_tensor
 
 
@@ -76,6 +77,20 @@ class ModelConfig:
             )
 
 
+@dataclass
+class Stem:
+    """What the network computes before the loop (:meth:`HandMeshReconstructor.stem`): the crops'
+    ``K`` ``(B, 3, 3)`` (left crops' flipped), the global stage's hand, the keypoint head's output
+    (or None), the coarse-to-fine refinement (without passes) and the loop's starting state (None
+    without refinement or loop)."""
+
+    K: torch.Tensor
+    parametric: GlobalStageOutput
+    keypoints: JointGroupsOutput | None
+    refined: RefinementOutput | None
+    loop: LoopState | None
+
+
 class HandMeshReconstructor(nn.Module):
     """The full network (see the module docstring).
 
@@ -113,6 +128,7 @@ class HandMeshReconstructor(nn.Module):
             load_starting_weights(self, config.weights)
         self._set_memory_format()
         self.inference_only = False
+        self._traced: dict[str, TracedMethod] | None = None
 
     def _set_memory_format(self) -> None:
         if self.config.channels_last:
@@ -121,19 +137,31 @@ class HandMeshReconstructor(nn.Module):
                 self.keypoint_decoder.to(memory_format=torch.channels_last)
                 self.keypoint_head.to(memory_format=torch.channels_last)
 
-    def for_inference(self) -> "HandMeshReconstructor":
+    def for_inference(self, traced: bool = True) -> "HandMeshReconstructor":
         """An eval-mode copy for prediction: each batch norm folded into the convolution before it
-        (:mod:`meshrec.models.fusion`), and a keypoint head that computes each joint's selected
-        group only (``JointGroupsHead.forward``'s ``selected_only``: its per-group outputs are
-        None). The same outputs to float rounding, faster (docs/benchmarks.md). The copy cannot
-        train; train the model it was made from. A copy is returned as is."""
+        (:mod:`meshrec.models.fusion`), a keypoint head that computes each joint's selected group
+        only (``JointGroupsHead.forward``'s ``selected_only``: its per-group outputs are None),
+        and, with ``traced``, the stem and the loop pass replayed from TorchScript graphs traced
+        on first use for each input shape (:mod:`meshrec.models.traced`; where nothing needs
+        gradients). The same outputs to float rounding, faster (docs/benchmarks.md). The copy
+        cannot train; train the model it was made from. A copy is returned as is."""
         if self.inference_only:
             return self
         inference = copy.deepcopy(self).eval()
         fold_batch_norms(inference)
         inference._set_memory_format()
         inference.inference_only = True
+        if traced:
+            inference._traced = {"stem": TracedMethod(inference, "stem")}
+            if inference.refiner is not None:
+                inference._traced["loop_pass"] = TracedMethod(inference.refiner, "loop_pass", pad_batch=True)
         return inference
+
+    def _apply(self, fn, recurse=True):
+        # traced graphs hold the weights as they were: new devices, dtypes or values trace anew
+        for method in (self.__dict__.get("_traced") or {}).values():
+            method.clear()
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> "HandMeshReconstructor":
         if mode and getattr(self, "inference_only", False):
@@ -245,35 +273,21 @@ class HandMeshReconstructor(nn.Module):
             temperature: Gumbel-softmax temperature of the keypoint head (training).
         """
         images, K, side = self.check_inputs(images, K, side)
-        height, width = images.shape[-2:]
-        image_size = (height, width)
+        image_size = tuple(images.shape[-2:])
         left = side == SIDE_LEFT
         any_left = bool(left.any())
-        if any_left:
-            images = torch.where(left.view(-1, 1, 1, 1), images.flip(-1), images)
-            K = torch.where(left.view(-1, 1, 1), flip_intrinsics(K, width), K)
-        if self.config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-
-        pyramid = self.backbone(images)
-        pooled = pyramid[-1].mean(dim=(2, 3))
-        parametric = self.global_stage(pyramid[-1], K, image_size)
-        keypoints = None
-        if self.keypoint_head is not None:
-            keypoints = self.keypoint_head(self.keypoint_decoder(pyramid), temperature=temperature, selected_only=self.inference_only)
+        # the inference copy replays traced graphs where nothing needs gradients (meshrec.models.traced)
+        traced = self._traced if temperature is None and not torch.is_grad_enabled() else None
+        stem = (traced["stem"] if traced else self.stem)(images, K, left, any_left=any_left, temperature=temperature)
+        K, parametric, keypoints = stem.K, stem.parametric, stem.keypoints
         vertices = parametric.vertices
         level_vertices, pass_vertices, pass_log_variance, pass_exit_logit = [], [], [], []
         passes_used = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
         joint_variance = None
-        if self.refiner is not None:
-            refined = self.refiner(
-                pyramid, parametric.vertices, parametric.root, K, image_size, pooled,
-                keypoints=None if keypoints is None else (
-                    keypoints.joints2d.detach(), keypoints.depth.detach(),
-                    heatmap_spread(keypoints.heatmaps.detach(), self.config.keypoints.feature_stride),
-                ),
-                max_passes=max_passes, exit_threshold=exit_threshold,
-            )
+        if stem.refined is not None:
+            refined = stem.refined
+            self.refiner.run_loop(refined, stem.loop, image_size, max_passes, exit_threshold,
+                                  loop_pass=traced["loop_pass"] if traced else None)
             level_vertices = refined.level_vertices
             pass_vertices, pass_log_variance, pass_exit_logit = refined.pass_vertices, refined.pass_log_variance, refined.pass_exit_logit
             passes_used = refined.passes_used
@@ -306,6 +320,34 @@ class HandMeshReconstructor(nn.Module):
             keypoint_head=keypoints,
         )
         return mirror_left(prediction, left) if any_left else prediction
+
+    def stem(self, images: torch.Tensor, K: torch.Tensor, left: torch.Tensor, any_left: bool, temperature: float | None = None) -> Stem:
+        """Everything before the loop, on checked inputs (:meth:`check_inputs`): left crops
+        flipped (``left`` ``(B,)`` bool, ``any_left`` whether any is set), the backbone, the
+        global stage, the keypoint head and the coarse-to-fine refinement."""
+        height, width = images.shape[-2:]
+        image_size = (height, width)
+        if any_left:
+            images = torch.where(left.view(-1, 1, 1, 1), images.flip(-1), images)
+            K = torch.where(left.view(-1, 1, 1), flip_intrinsics(K, width), K)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pyramid = self.backbone(images)
+        pooled = pyramid[-1].mean(dim=(2, 3))
+        parametric = self.global_stage(pyramid[-1], K, image_size)
+        keypoints = None
+        if self.keypoint_head is not None:
+            keypoints = self.keypoint_head(self.keypoint_decoder(pyramid), temperature=temperature, selected_only=self.inference_only)
+        refined = loop = None
+        if self.refiner is not None:
+            refined, loop = self.refiner.coarse_to_fine(
+                pyramid, parametric.vertices, parametric.root, K, image_size, pooled,
+                keypoints=None if keypoints is None else (
+                    keypoints.joints2d.detach(), keypoints.depth.detach(),
+                    heatmap_spread(keypoints.heatmaps.detach(), self.config.keypoints.feature_stride),
+                ),
+            )
+        return Stem(K=K, parametric=parametric, keypoints=keypoints, refined=refined, loop=loop)
 
     def check_inputs(self, images, K, side) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Validate and normalise the inputs of :meth:`forward` (errors say expected vs actual)."""

@@ -36,6 +36,7 @@ experiment with them cut the root-aligned error by 8 %; docs/benchmarks.md.)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,6 +168,67 @@ class RefinementOutput:
     pass_log_variance: list[torch.Tensor] = field(default_factory=list)
     pass_exit_logit: list[torch.Tensor] = field(default_factory=list)
     passes_used: torch.Tensor | None = None
+
+
+@dataclass
+class LoopState:
+    """What a loop pass reads, per sample; every field is ``(B, ...)`` so that the samples still
+    inside the loop can be taken row by row (:meth:`rows`).
+
+    Attributes:
+        vertices: ``(B, V_f, 3)`` the mesh at the loop's level (``finest_level``), camera frame.
+        full: ``(B, V, 3)`` that mesh at full resolution.
+        hidden: ``(B, V_f, C)`` the features the previous block or pass carried.
+        residual: ``(B, 21, 3)`` the keypoint residual of ``vertices`` (guidance units), or None
+            when neither the guidance nor the variance head reads it.
+        feature_map: ``(B, C_s, h, w)`` the pyramid level the loop samples.
+        K: ``(B, 3, 3)`` crop intrinsics; root ``(B, 3)`` the global stage's wrist;
+            condition ``(B, C_g)`` the global image feature.
+        evidence: the keypoint head's outputs in guidance units (:meth:`MeshRefiner._prepare_evidence`),
+            or None without a keypoint head.
+        global_joints: ``(B, 21, 3)`` the global stage's root-relative joints (read by the
+            ``'joint_mlp'`` variance head), or None.
+        base_full, base_loop: the global stage's mesh at full resolution and at the loop's level.
+    """
+
+    vertices: torch.Tensor
+    full: torch.Tensor
+    hidden: torch.Tensor
+    residual: torch.Tensor | None
+    feature_map: torch.Tensor
+    K: torch.Tensor
+    root: torch.Tensor
+    condition: torch.Tensor
+    evidence: tuple[torch.Tensor, ...] | None
+    global_joints: torch.Tensor | None
+    base_full: torch.Tensor
+    base_loop: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "LoopState":
+        """The samples ``index`` ``(N,)`` int64."""
+        def take(value):
+            if value is None:
+                return None
+            if isinstance(value, tuple):
+                return tuple(take(v) for v in value)
+            return value.index_select(0, index)
+
+        return LoopState(**{f.name: take(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+@dataclass
+class PassOutput:
+    """One loop pass (:meth:`MeshRefiner.loop_pass`): the moved mesh at the loop's level
+    ``vertices`` and at full resolution ``full``, the carried features ``hidden``, the moved
+    mesh's keypoint ``residual`` (or None), per-joint ``log_variance`` ``(B, 21)`` (metres^2) and
+    the ``exit_logit`` ``(B,)``."""
+
+    vertices: torch.Tensor
+    full: torch.Tensor
+    hidden: torch.Tensor
+    residual: torch.Tensor | None
+    log_variance: torch.Tensor
+    exit_logit: torch.Tensor
 
 
 def vertex_keypoint_association(rest_keypoints: np.ndarray, vertices: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -406,7 +468,7 @@ class MeshRefiner(nn.Module):
         max_passes: int | None = None,
         exit_threshold: float | None = None,
     ) -> RefinementOutput:
-        """Refine the parametric mesh.
+        """Refine the parametric mesh: :meth:`coarse_to_fine`, then :meth:`run_loop`.
 
         Args:
             pyramid: ``[(B, C_s, H/s, W/s)]`` for s = 4, 8, 16, 32.
@@ -419,6 +481,23 @@ class MeshRefiner(nn.Module):
             max_passes: override of ``gate.max_passes`` (progressive training, fixed-depth runs).
             exit_threshold: override of ``gate.exit_threshold``.
         """
+        output, state = self.coarse_to_fine(pyramid, base_vertices, root, K, image_size, condition, keypoints)
+        self.run_loop(output, state, image_size, max_passes, exit_threshold)
+        return output
+
+    def coarse_to_fine(
+        self,
+        pyramid: list[torch.Tensor],
+        base_vertices: torch.Tensor,
+        root: torch.Tensor,
+        K: torch.Tensor,
+        image_size: tuple[int, int],
+        condition: torch.Tensor,
+        keypoints: tuple[torch.Tensor, ...] | None = None,
+    ) -> tuple[RefinementOutput, LoopState | None]:
+        """The blocks from the coarsest level to ``finest_level`` (arguments as :meth:`forward`).
+        Returns the output without loop passes and the loop's starting :class:`LoopState`
+        (None when the model has no loop)."""
         bases = self.mesh_levels(base_vertices)
         evidence = self._prepare_evidence(keypoints, K, image_size)
         finest = self.finest_level
@@ -440,86 +519,114 @@ class MeshRefiner(nn.Module):
             offset = self._up(offset, level)
             level_vertices[level] = bases[level] + offset
         output = RefinementOutput(level_vertices=level_vertices, coarse_to_fine_vertices=level_vertices[0])
+        if self.loop_block is None:
+            return output, None
+        vertices = level_vertices[finest]
+        state = LoopState(
+            vertices=vertices,
+            full=level_vertices[0],
+            hidden=carried,
+            residual=self._keypoint_residual(vertices, finest, evidence) if self._uses_residual else None,
+            feature_map=pyramid[self.pyramid_index[finest]],
+            K=K,
+            root=root,
+            condition=condition,
+            evidence=evidence,
+            global_joints=self._relative_keypoints(bases[finest], finest) if self.gate.uncertainty_head == "joint_mlp" else None,
+            base_full=bases[0],
+            base_loop=bases[finest],
+        )
+        return output, state
+
+    @property
+    def _uses_residual(self) -> bool:
+        """The residual of a mesh feeds a pass's variance head and the next pass's guidance."""
+        return self.config.keypoint_guidance or self.gate.uncertainty_from_evidence
+
+    def run_loop(
+        self,
+        output: RefinementOutput,
+        state: LoopState | None,
+        image_size: tuple[int, int],
+        max_passes: int | None = None,
+        exit_threshold: float | None = None,
+        loop_pass=None,
+    ) -> None:
+        """The gated passes at ``finest_level`` from ``state``, appended to ``output`` (each pass's
+        mesh at full resolution; ``passes_used`` set). ``loop_pass`` runs one pass like
+        :meth:`loop_pass` (the inference copy passes its traced graphs); by default that method.
+        At inference a sample leaves when ``p_exit > exit_threshold`` and later passes run on
+        the samples still inside only."""
         passes = self.gate.max_passes if max_passes is None else max_passes
-        if self.loop_block is None or passes <= 0:
-            output.passes_used = torch.zeros(base_vertices.shape[0], dtype=torch.long, device=base_vertices.device)
-            return output
+        batch = output.coarse_to_fine_vertices.shape[0]
+        passes_used = torch.zeros(batch, dtype=torch.long, device=output.coarse_to_fine_vertices.device)
+        output.passes_used = passes_used
+        if state is None or passes <= 0:
+            return
         if passes > self.gate.max_passes:
             raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         adaptive = self.gate.adaptive and not self.training
-        self._loop(output, bases, level_vertices, carried, pyramid[self.pyramid_index[finest]], K, image_size, root,
-                   condition, evidence, passes, threshold, adaptive)  # fmt: skip
-        return output
-
-    def _loop(self, output, bases, level_vertices, hidden, feature_map, K, image_size, root, condition, evidence, passes, threshold, adaptive):
-        """The gated passes at ``finest_level``; each pass's mesh is reported at full resolution."""
-        finest = self.finest_level
-        vertices, full = level_vertices[finest], level_vertices[0]
-        batch = vertices.shape[0]
-        # the residual of a mesh feeds the pass's variance head and the next pass's guidance: once each
-        uses_residual = self.config.keypoint_guidance or self.gate.uncertainty_from_evidence
-
-        def residual_of(mesh, mesh_evidence):
-            return self._keypoint_residual(mesh, finest, mesh_evidence) if uses_residual else None
-
-        residual = residual_of(vertices, evidence)
-        # root-relative joints of the global stage's mesh, for the variance head's displacement input
-        global_joints = self._relative_keypoints(bases[finest], finest) if self.gate.uncertainty_head == "joint_mlp" else None
-        passes_used = torch.zeros(batch, dtype=torch.long, device=vertices.device)
-        log_variance = vertices.new_full((batch, NUM_JOINTS), LOG_VARIANCE_INIT)
-        exit_logit = vertices.new_zeros(batch)
+        loop_pass = loop_pass or self.loop_pass
+        log_variance = state.vertices.new_full((batch, NUM_JOINTS), LOG_VARIANCE_INIT)
+        exit_logit = state.vertices.new_zeros(batch)
         active = None  # None: every sample (no index_select needed)
         for step in range(passes):
-            def take(t):
-                return t if active is None or t is None else t.index_select(0, active)
-
-            sub_vertices, sub_hidden, sub_root, sub_K = take(vertices), take(hidden), take(root), take(K)
-            sub_evidence = None if evidence is None else tuple(take(t) for t in evidence)
-            inputs = self._inputs(sub_vertices, finest, take(feature_map), sub_K, image_size, sub_root, take(residual), sub_hidden)
-            sub_hidden = self.loop_block(inputs, take(condition))
-            move = self.loop_heads.offset(sub_hidden) * self.config.offset_scale
-            sub_vertices = sub_vertices + move
-            sub_full = sub_vertices if finest == 0 else take(bases[0]) + self._up_to(sub_vertices - take(bases[finest]), finest, 0)
-            sub_residual = residual_of(sub_vertices, sub_evidence)
-            sub_log_variance, sub_exit = self._pass_heads(
-                sub_vertices, sub_hidden, sub_root, move, step, passes, sub_residual, sub_evidence, take(global_joints)
-            )
+            inside = state if active is None else state.rows(active)
+            progress = state.vertices.new_full((inside.vertices.shape[0], 1), (step + 1) / passes)
+            moved = loop_pass(inside, progress, image_size=image_size)
             if active is None:
-                vertices, full, hidden, log_variance, exit_logit = sub_vertices, sub_full, sub_hidden, sub_log_variance, sub_exit
-                residual = sub_residual
+                state = dataclasses.replace(state, vertices=moved.vertices, full=moved.full, hidden=moved.hidden, residual=moved.residual)
+                log_variance, exit_logit = moved.log_variance, moved.exit_logit
                 passes_used = passes_used + 1
             else:
-                if residual is not None:
-                    residual = residual.index_copy(0, active, sub_residual)
-                vertices = vertices.index_copy(0, active, sub_vertices)
-                full = full.index_copy(0, active, sub_full)
-                hidden = hidden.index_copy(0, active, sub_hidden)
-                log_variance = log_variance.index_copy(0, active, sub_log_variance)
-                exit_logit = exit_logit.index_copy(0, active, sub_exit)
+                state = dataclasses.replace(
+                    state,
+                    vertices=state.vertices.index_copy(0, active, moved.vertices),
+                    full=state.full.index_copy(0, active, moved.full),
+                    hidden=state.hidden.index_copy(0, active, moved.hidden),
+                    residual=None if moved.residual is None else state.residual.index_copy(0, active, moved.residual),
+                )
+                log_variance = log_variance.index_copy(0, active, moved.log_variance)
+                exit_logit = exit_logit.index_copy(0, active, moved.exit_logit)
                 passes_used = passes_used.index_add(0, active, torch.ones_like(active))
-            output.pass_vertices.append(full)
+            output.pass_vertices.append(state.full)
             output.pass_log_variance.append(log_variance)
             output.pass_exit_logit.append(exit_logit)
             if adaptive and step + 1 < passes:
-                stay = torch.sigmoid(sub_exit) <= threshold
+                stay = torch.sigmoid(moved.exit_logit) <= threshold
                 if not bool(stay.all()):
-                    current = torch.arange(batch, device=vertices.device) if active is None else active
+                    current = torch.arange(batch, device=passes_used.device) if active is None else active
                     active = current[stay]
                     if active.numel() == 0:
                         break
         output.passes_used = passes_used
+
+    def loop_pass(self, state: LoopState, progress: torch.Tensor, image_size: tuple[int, int]) -> PassOutput:
+        """One pass of the shared block on the samples of ``state``; ``progress`` ``(B, 1)`` is
+        ``(pass + 1) / passes`` (the exit head reads it)."""
+        finest = self.finest_level
+        inputs = self._inputs(state.vertices, finest, state.feature_map, state.K, image_size, state.root, state.residual, state.hidden)
+        hidden = self.loop_block(inputs, state.condition)
+        move = self.loop_heads.offset(hidden) * self.config.offset_scale
+        vertices = state.vertices + move
+        full = vertices if finest == 0 else state.base_full + self._up_to(vertices - state.base_loop, finest, 0)
+        residual = self._keypoint_residual(vertices, finest, state.evidence) if self._uses_residual else None
+        log_variance, exit_logit = self._pass_heads(
+            vertices, hidden, state.root, move, progress, residual, state.evidence, state.global_joints
+        )
+        return PassOutput(vertices=vertices, full=full, hidden=hidden, residual=residual, log_variance=log_variance, exit_logit=exit_logit)
 
     def _relative_keypoints(self, vertices: torch.Tensor, level: int) -> torch.Tensor:
         """``(B, 21, 3)`` the keypoints of a level-``level`` mesh minus its wrist (metres)."""
         keypoints = self._keypoints(vertices, level)
         return keypoints - keypoints[:, :1]
 
-    def _pass_heads(self, vertices, hidden, root, move, step, passes, residual, evidence, global_joints):
+    def _pass_heads(self, vertices, hidden, root, move, progress, residual, evidence, global_joints):
         """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass; ``residual``
         is the moved mesh's keypoint residual and ``evidence`` :meth:`_prepare_evidence`'s (None
         without a keypoint head), ``global_joints`` the global stage's root-relative joints (read
-        by the ``'joint_mlp'`` variance head)."""
+        by the ``'joint_mlp'`` variance head), ``progress`` ``(B, 1)`` how far the loop is."""
         regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
         joints = regressor @ vertices
@@ -535,7 +642,7 @@ class MeshRefiner(nn.Module):
         movement_mm = move.norm(dim=-1).mean(dim=1, keepdim=True) * 1000.0
         summary = torch.cat(
             [joint_features.mean(1), log_variance.mean(1, keepdim=True) - LOG_VARIANCE_INIT, movement_mm,
-             movement_mm.new_full(movement_mm.shape, (step + 1) / passes)],
+             progress],
             dim=-1,
         )
         return log_variance, self.loop_heads.exit(summary).squeeze(-1)
