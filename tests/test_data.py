@@ -725,6 +725,10 @@ def test_mixed_dataset_ratios_per_batch(tmp_path):
     assert [again[k].index for k in range(40)] == before
     with pytest.raises(ValueError, match="ratios"):
         MixedDataset([full, sparse], [1.0])
+    # a mix inside a mix draws its own samples per epoch too
+    outer = MixedDataset([mixed, sparse], [0.5, 0.5], num_samples=20, seed=2)
+    outer.set_epoch(3)
+    assert mixed.epoch == 3
 
 
 def test_make_hand_sample_rejects_bad_labels():

@@ -256,6 +256,22 @@ def test_mixed_batches_hold_full_and_2d_only_samples(tmp_path):
 
 
 @needs_gl
+def test_photos_mixed_into_every_batch_bring_their_2d_keypoints_only(tmp_path):
+    from meshrec.training.data import build_datasets, build_loaders
+    from tests.test_data import generic_records, write_jsonl
+
+    records = [{"image": r["image"], "joints2d": r["joints2d"]} for r in generic_records(tmp_path, count=3)]
+    labels = write_jsonl(tmp_path / "photos.jsonl", records)
+    config = tiny_config(tmp_path, data={"mix_labels": str(labels), "mix_fraction": 0.25})
+    train_set, val_set = build_datasets(config)
+    assert len(train_set) == 16 and len(val_set) == 8  # validation: the synthetic hands only
+    for batch in build_loaders(config, train_set, None)[0]:
+        assert batch.has_mesh.sum() == 6 and batch.has_joints3d.sum() == 6 and batch.has_joints2d.all()
+    with pytest.raises(MeshrecError, match="data.mix_supervision must be one of"):
+        tiny_config(tmp_path, data={"mix_labels": str(labels), "mix_supervision": "mixed"})
+
+
+@needs_gl
 def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     from meshrec.training import module as module_file
     from meshrec.training.module import TrainingDivergedError

@@ -99,9 +99,13 @@ class MixedDataset(torch.utils.data.Dataset):
         self._sample_index = sample_index
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the samples of ``epoch`` (source order and ratios stay the same)."""
+        """Draw the samples of ``epoch`` (source order and ratios stay the same), in the datasets
+        that draw per epoch too (a :class:`MixedDataset` inside another)."""
         self.epoch = int(epoch)
         self._build_plan()
+        for dataset in self.datasets:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.num_samples

@@ -37,6 +37,13 @@ class DataConfig:
             ``'joints2d'`` (2D keypoints only), or ``'mixed'`` (``mesh_fraction`` full, the
             rest 2D only, in every batch). Validation always uses every label it has.
         mesh_fraction: share of fully labelled samples with ``supervision='mixed'``.
+        mix_labels: a keypoints_json label file (e.g. ``meshrec pseudo-label``'s, for your own
+            photos) whose hands make up ``mix_fraction`` of every training batch, seen with the
+            labels ``mix_supervision`` allows; the rest come from ``root`` as configured above.
+            Validation reads ``root``'s data only. None: no second source.
+        mix_fraction: share of ``mix_labels``' hands in every training batch.
+        mix_supervision: labels training sees of ``mix_labels``' hands: ``'full'``, ``'joints3d'``
+            or ``'joints2d'`` (a detector's keypoints: 2D only).
         batch_size, num_workers: of the training DataLoader.
         augment: apply ``augmentation`` to training batches.
         seed: seed of on-the-fly data, sample order and augmentation.
@@ -50,6 +57,9 @@ class DataConfig:
     val_samples: int = 256
     supervision: str = "full"
     mesh_fraction: float = 0.3
+    mix_labels: str | None = None
+    mix_fraction: float = 0.25
+    mix_supervision: str = "joints2d"
     batch_size: int = 32
     num_workers: int = 0
     augment: bool = True
@@ -72,6 +82,12 @@ class DataConfig:
                 raise MeshrecError(f"data.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise MeshrecError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 < self.mix_fraction < 1.0:
+            raise MeshrecError(f"data.mix_fraction must be in (0, 1), got {self.mix_fraction}")
+        if self.mix_supervision not in SUPERVISIONS or self.mix_supervision == "mixed":
+            raise MeshrecError(
+                f"data.mix_supervision must be one of {[s for s in SUPERVISIONS if s != 'mixed']}, got {self.mix_supervision!r}"
+            )
 
 
 @dataclass

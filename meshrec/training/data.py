@@ -146,7 +146,11 @@ def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
         train, val = Subset(labels, train_positions), Subset(labels, val_positions)
     else:
         train, val = KeypointsJsonDataset(data.root, crop_size=size), None
-    return with_supervision(train, config), val
+    train = with_supervision(train, config)
+    if data.mix_labels:
+        mixed_in = WithLabels(KeypointsJsonDataset(data.mix_labels, crop_size=size), data.mix_supervision)
+        train = MixedDataset([train, mixed_in], [1.0 - data.mix_fraction, data.mix_fraction], num_samples=len(train), seed=data.seed)
+    return train, val
 
 
 def with_supervision(dataset: Dataset, config: TrainConfig) -> Dataset:
