@@ -1,7 +1,7 @@
 """Cost of the reconstruction network: parameters, multiply-adds per stage, latency, throughput.
 
 Usage: python benchmarks/bench_model.py [--size 128] [--repeats 50] [--checkpoint C] [--train-steps 10]
-                                        [model settings, e.g. refinement.finest_level=0]
+                                        [--profile] [model settings, e.g. refinement.finest_level=0]
 
 Multiply-adds are counted by torch.utils.flop_counter (FLOPs / 2; matmuls and convolutions —
 gathers, grid_sample and element-wise ops are not counted). Latency is the median of repeated
@@ -16,6 +16,9 @@ The training step (``--train-steps`` > 0) is what ``meshrec train`` runs per bat
 training mode (every loop pass), every configured loss, backward, AdamW; on one batch of freshly
 rendered, fully labelled hands. The same network without its refinement (same weights
 otherwise) is timed interleaved with it, step for step, so both see the same machine.
+
+``--profile`` times the stages of a batch-1 forward at T_max (the stem, one loop pass, the whole
+forward) run eagerly and replayed from the inference copy's traced graphs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="a trained checkpoint or weights file, 'synthetic-hands' for the bundled model (measures the trained gate)")
     parser.add_argument("--train-steps", type=int, default=10, help="interleaved training steps to time (0: none)")
     parser.add_argument("--no-inference", action="store_true", help="only the training step")
+    parser.add_argument("--profile", action="store_true", help="batch-1 latency per stage, eager and traced")
     parser.add_argument("settings", nargs="*", help="ModelConfig overrides for the untrained model, as in meshrec train")
     args = parser.parse_args()
 
@@ -74,6 +78,8 @@ def main() -> None:
         print(f"settings: {' '.join(args.settings) or 'defaults'}")
     if not args.no_inference:
         time_inference(model, args)
+    if args.profile:
+        profile_inference(model, args.size, args.repeats)
     if args.train_steps > 0:
         compare_training_steps(model, args.size, args.batch, args.train_steps)
 
@@ -128,6 +134,30 @@ def time_inference(model, args) -> None:
             latency, batch_time = times[name, label]
             print(f"| {label} | {costs[label]:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes[label]:.2f} |")
         print()
+
+def profile_inference(model, size: int, repeats: int) -> None:
+    """Batch-1 latency per stage at T_max (median ms): the stem (everything before the loop), one
+    loop pass and the whole forward, each run eagerly and replayed from its traced graph."""
+    from meshrec.sides import SIDE_LEFT
+
+    inference, eager = model.for_inference(), model.for_inference(traced=False)
+    one = torch.rand(1, 3, size, size)
+    images, K, side = inference.check_inputs(one, None, None)
+    left, image_size = side == SIDE_LEFT, (size, size)
+    graphs = inference._traced  # the copy's TracedMethods, read directly to time the stages apart
+    with torch.inference_mode():
+        state = inference.stem(images, K, left, any_left=False).loop
+        progress = torch.full((1, 1), 1.0 / max(model.config.gate.max_passes, 1))
+        stages = {
+            "stem": (lambda: inference.stem(images, K, left, any_left=False), lambda: graphs["stem"](images, K, left, any_left=False)),
+            "one loop pass": (lambda: inference.refiner.loop_pass(state, progress, image_size=image_size),
+                              lambda: graphs["loop_pass"](state, progress, image_size=image_size)),
+            "whole forward at T_max": (lambda: eager(one, exit_threshold=1.0), lambda: inference(one, exit_threshold=1.0)),
+        }
+        print("\nbatch 1, per stage (median ms):\n\n| stage | eager | traced graph |\n|---|---:|---:|")
+        for name, (run_eagerly, run_traced) in stages.items():
+            print(f"| {name} | {median_seconds(run_eagerly, repeats) * 1e3:.2f} | {median_seconds(run_traced, repeats) * 1e3:.2f} |")
+
 
 def training_step_seconds(model, batch, steps: int) -> list[float]:
     """Seconds of ``steps`` training steps of ``model`` on ``batch`` (forward, losses, backward, AdamW)."""

@@ -141,10 +141,11 @@ class HandMeshReconstructor(nn.Module):
         """An eval-mode copy for prediction: each batch norm folded into the convolution before it
         (:mod:`meshrec.models.fusion`), a keypoint head that computes each joint's selected group
         only (``JointGroupsHead.forward``'s ``selected_only``: its per-group outputs are None),
-        and, with ``traced``, the stem and the loop pass replayed from TorchScript graphs traced
-        on first use for each input shape (:mod:`meshrec.models.traced`; where nothing needs
-        gradients). The same outputs to float rounding, faster (docs/benchmarks.md). The copy
-        cannot train; train the model it was made from. A copy is returned as is."""
+        and, with ``traced``, the stem (:meth:`stem`) and the loop pass replayed from TorchScript
+        graphs, each traced at the third call with the same input shapes (:mod:`meshrec.models.traced`;
+        calls that need gradients run eagerly). The same outputs to float rounding, faster
+        (docs/benchmarks.md). The copy cannot train; train the model it was made from. A copy is
+        returned as is."""
         if self.inference_only:
             return self
         inference = copy.deepcopy(self).eval()
