@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system-deps demo test bench bench-accuracy model clean
+.PHONY: setup system-deps demo test bench bench-accuracy model real-photos clean
 
 # The OpenGL renderer (meshrec.render.gl) needs EGL and Mesa. Installed when we can (root with
 # apt-get); otherwise the exact command is printed, and the tests that need it are skipped.
@@ -58,6 +58,28 @@ model: setup
 	$(BIN)/meshrec export-weights --half --checkpoint runs/model/checkpoints/last.ckpt \
 	  --out meshrec/models/weights/synthetic_hands.pt --scores runs/model/bench_accuracy.json \
 	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, then configs/model.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02)"
+
+# Real hand photos whose detector keypoints the bundled model's last stage trains on (2D only):
+# two Apache-2.0 collections on GitHub at pinned commits, flattened into data/real_photos and
+# labelled by `meshrec pseudo-label` (the photos are not part of meshrec; see their LICENSE files).
+HANDS_REPO ?= https://github.com/SubhiH/HandsDataset
+HANDS_COMMIT := 73228cb5ba6a8d454663aa9873157862b69a1c4c
+DIGITS_REPO ?= https://github.com/ardamavi/Sign-Language-Digits-Dataset
+DIGITS_COMMIT := 4b09433ef9d5c60602e8805bb54b8aa2428527f8
+REAL_PHOTOS ?= data/real_photos
+real-photos: $(REAL_PHOTOS)/labels.jsonl
+$(REAL_PHOTOS)/labels.jsonl: | setup
+	rm -rf $(REAL_PHOTOS).tmp && mkdir -p $(REAL_PHOTOS).tmp/HandsDataset $(REAL_PHOTOS).tmp/Sign-Language-Digits-Dataset
+	git clone -q $(HANDS_REPO) $(REAL_PHOTOS).tmp/hands-repo && git -C $(REAL_PHOTOS).tmp/hands-repo checkout -q $(HANDS_COMMIT)
+	git clone -q $(DIGITS_REPO) $(REAL_PHOTOS).tmp/digits-repo && git -C $(REAL_PHOTOS).tmp/digits-repo checkout -q $(DIGITS_COMMIT)
+	cp $(REAL_PHOTOS).tmp/hands-repo/images/*.jpg $(REAL_PHOTOS).tmp/HandsDataset/
+	for digit in 0 1 2 3 4 5 6 7 8 9; do for photo in $(REAL_PHOTOS).tmp/digits-repo/Dataset/$$digit/*; do \
+	  name=$$(basename "$$photo"); cp "$$photo" "$(REAL_PHOTOS).tmp/Sign-Language-Digits-Dataset/d$${digit}_$${name%.*}.jpg"; done; done
+	$(BIN)/meshrec pseudo-label $(REAL_PHOTOS).tmp/HandsDataset --out $(REAL_PHOTOS).tmp/hands.jsonl
+	$(BIN)/meshrec pseudo-label $(REAL_PHOTOS).tmp/Sign-Language-Digits-Dataset --out $(REAL_PHOTOS).tmp/digits.jsonl
+	cat $(REAL_PHOTOS).tmp/hands.jsonl $(REAL_PHOTOS).tmp/digits.jsonl > $(REAL_PHOTOS).tmp/labels.jsonl
+	rm -rf $(REAL_PHOTOS).tmp/hands-repo $(REAL_PHOTOS).tmp/digits-repo $(REAL_PHOTOS)
+	mv $(REAL_PHOTOS).tmp $(REAL_PHOTOS)
 
 # The fixed accuracy benchmark of the bundled model (renders data/bench, seed 2027, once).
 bench-accuracy: setup
