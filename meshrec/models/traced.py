@@ -4,10 +4,10 @@ At batch 1 a forward of the reconstruction network is ~1,000 small tensor operat
 Python around them (module calls, argument handling, dataclasses) costs about as much as the
 operations themselves. A graph traced and frozen for one input signature (``torch.jit.trace`` +
 ``torch.jit.freeze``: no C++ compiler needed, unlike ``torch.compile`` on a CPU) replays the same
-operations without that Python, about twice as fast at batch 1 (docs/benchmarks.md). TorchScript
-is deprecated upstream in favour of ``torch.compile`` and ``torch.export``; torch is pinned here
-(pyproject.toml), ``torch.export``'s graph module ran slower than eager here, and the eager method
-stays the reference and the fallback: where tracing fails or is unsound, the method runs as is.
+operations without that Python: a batch-1 forward in ~0.6 of the time (docs/benchmarks.md).
+TorchScript is deprecated upstream in favour of ``torch.compile`` and ``torch.export``; torch is
+pinned here (pyproject.toml), ``torch.export``'s graph module ran slower than eager here, and the
+eager method stays the reference and the fallback.
 
 A traced graph fixes every Python decision made while tracing, so a graph is used only for the
 signature it was traced with: the inputs' structure (which are None), shapes, dtypes and devices,
