@@ -434,14 +434,14 @@ class MeshRefiner(nn.Module):
         spread = depth.new_zeros(depth.shape) if spread is None else spread / (max(image_size) * GUIDANCE_PIXEL_FRACTION)
         return pixels / unit, (depth - depth[:, :1]) * GUIDANCE_DEPTH_SCALE, spread, K_units
 
-    def _keypoint_residual(self, vertices, level, evidence) -> torch.Tensor | None:
-        """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's, in
-        units of 1/16 of the crop and centimetres; ``evidence`` from :meth:`_prepare_evidence`
-        (None without keypoints: None)."""
+    @staticmethod
+    def _keypoint_residual(mesh_keypoints, evidence) -> torch.Tensor | None:
+        """``(B, 21, 3)``: the keypoint head's (u, v, root-relative depth) minus the mesh's
+        (``mesh_keypoints`` ``(B, 21, 3)`` from :meth:`_keypoints`), in units of 1/16 of the crop
+        and centimetres; ``evidence`` from :meth:`_prepare_evidence` (None without keypoints: None)."""
         if evidence is None:
             return None
         pixels, depth, _, K_units = evidence
-        mesh_keypoints = self._keypoints(vertices, level)
         residual2d = pixels - project_points(mesh_keypoints, K_units)  # (B, 21, 2)
         mesh_depth = (mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]) * GUIDANCE_DEPTH_SCALE
         return torch.cat([residual2d, (depth - mesh_depth).unsqueeze(-1)], dim=-1)
@@ -509,7 +509,7 @@ class MeshRefiner(nn.Module):
                 vertices = vertices + self._up(offset, level)
                 carried = self._up(carried, level)
             feature_map = pyramid[self.pyramid_index[level]]
-            residual = self._keypoint_residual(vertices, level, evidence) if self.config.keypoint_guidance else None
+            residual = self._keypoint_residual(self._keypoints(vertices, level), evidence) if self.config.keypoint_guidance else None
             inputs = self._inputs(vertices, level, feature_map, K, image_size, root, residual, carried)
             carried = self.blocks[level](inputs, condition)
             vertices = vertices + self.offset_heads[level](carried) * self.config.offset_scale
@@ -526,7 +526,7 @@ class MeshRefiner(nn.Module):
             vertices=vertices,
             full=level_vertices[0],
             hidden=carried,
-            residual=self._keypoint_residual(vertices, finest, evidence) if self._uses_residual else None,
+            residual=self._keypoint_residual(self._keypoints(vertices, finest), evidence) if self._uses_residual else None,
             feature_map=pyramid[self.pyramid_index[finest]],
             K=K,
             root=root,
@@ -611,9 +611,10 @@ class MeshRefiner(nn.Module):
         move = self.loop_heads.offset(hidden) * self.config.offset_scale
         vertices = state.vertices + move
         full = vertices if finest == 0 else state.base_full + self._up_to(vertices - state.base_loop, finest, 0)
-        residual = self._keypoint_residual(vertices, finest, state.evidence) if self._uses_residual else None
+        joints = self._keypoints(vertices, finest)  # read by the residual and the variance head
+        residual = self._keypoint_residual(joints, state.evidence) if self._uses_residual else None
         log_variance, exit_logit = self._pass_heads(
-            vertices, hidden, state.root, move, progress, residual, state.evidence, state.global_joints
+            joints, hidden, state.root, move, progress, residual, state.evidence, state.global_joints
         )
         return PassOutput(vertices=vertices, full=full, hidden=hidden, residual=residual, log_variance=log_variance, exit_logit=exit_logit)
 
@@ -622,21 +623,21 @@ class MeshRefiner(nn.Module):
         keypoints = self._keypoints(vertices, level)
         return keypoints - keypoints[:, :1]
 
-    def _pass_heads(self, vertices, hidden, root, move, progress, residual, evidence, global_joints):
-        """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass; ``residual``
+    def _pass_heads(self, joints, hidden, root, move, progress, residual, evidence, global_joints):
+        """Per-joint log-variance ``(B, 21)`` and exit logit ``(B,)`` after one pass, from the moved
+        mesh's keypoints ``joints`` ``(B, 21, 3)`` and carried features ``hidden``; ``residual``
         is the moved mesh's keypoint residual and ``evidence`` :meth:`_prepare_evidence`'s (None
         without a keypoint head), ``global_joints`` the global stage's root-relative joints (read
         by the ``'joint_mlp'`` variance head), ``progress`` ``(B, 1)`` how far the loop is."""
         regressor = getattr(self, f"regressor_{self.finest_level}").to(hidden)
         joint_features = regressor @ hidden  # (B, 21, C): features pooled where each joint is
-        joints = regressor @ vertices
         joint_positions = (joints - root.unsqueeze(1)) * 10.0
         parts = [joint_features, joint_positions]
         if self.gate.uncertainty_from_evidence:
-            parts.append(self._evidence(residual, evidence, like=vertices))
+            parts.append(self._evidence(residual, evidence, like=joints))
         if global_joints is not None:
             displacement = (joints - joints[:, :1] - global_joints) * DISPLACEMENT_SCALE
-            parts += [displacement, displacement.norm(dim=-1, keepdim=True), self.joint_identity.expand(vertices.shape[0], -1, -1)]
+            parts += [displacement, displacement.norm(dim=-1, keepdim=True), self.joint_identity.expand(joints.shape[0], -1, -1)]
         log_variance = self.loop_heads.variance(torch.cat(parts, -1)).squeeze(-1)
         log_variance = log_variance.clamp(*LOG_VARIANCE_RANGE)
         movement_mm = move.norm(dim=-1).mean(dim=1, keepdim=True) * 1000.0
