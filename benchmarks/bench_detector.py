@@ -4,9 +4,10 @@ Usage: python benchmarks/bench_detector.py [--data data/model_photo] [--split ev
 
 The real-photo benchmark (bench_real_photos.py) and `meshrec pseudo-label` take the detector's
 keypoints as the reference; this measures that reference against the truth on a FreiHAND-layout
-folder with labels (``meshrec synth``, e.g. the photo style): error / hand size (the longer side of
-the true keypoints' box), PCK@0.1 / 0.2, and each keypoint's mean offset — a systematic offset
-would mean the detector's landmarks are other points of the hand than the mesh's joints.
+folder with labels (``meshrec synth``, e.g. the photo style): error / hand size (as in
+bench_real_photos.py: the longer side of the reference keypoints' box), PCK@0.1 / 0.2, and each
+keypoint's mean offset — a systematic offset would mean the detector's landmarks are other points
+of the hand than the mesh's joints.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 
 def main() -> None:
     from PIL import Image
+
+    from bench_real_photos import agreement  # the hand size the real-photo benchmark divides by
 
     from meshrec.detect import detect_hands
 
@@ -40,7 +43,8 @@ def main() -> None:
         truth = projected[:, :2] / projected[:, 2:]
         hands = detect_hands(image, max_hands=1)
         if hands:
-            offsets.append((hands[0].keypoints2d - truth) / (truth.max(0) - truth.min(0)).max())
+            _, size = agreement(hands[0].keypoints2d, truth)
+            offsets.append((hands[0].keypoints2d - truth) / max(size, 1.0))
     offsets = np.stack(offsets)  # (N, 21, 2) in hand sizes
     error = np.linalg.norm(offsets, axis=-1)
     mean_offset = offsets.mean(0)
