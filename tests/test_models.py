@@ -473,6 +473,11 @@ def test_traced_inference_copy_predicts_what_the_eager_copy_predicts(cache_dir):
         assert any(isinstance(entry, _Graph) for entry in method.graphs.values())
     with torch.enable_grad():  # gradients wanted: the eager methods, whose outputs carry them
         assert traced(images[0], K, sides).vertices.requires_grad
+    with torch.no_grad():  # graphs replay in inference mode: inference tensors, for autograd once cloned
+        replayed = traced(images[0], K, sides).vertices
+    weight = torch.ones(1, requires_grad=True)
+    (replayed.clone() * weight).sum().backward()
+    assert replayed.is_inference() and weight.grad is not None
     copied = copy.deepcopy(traced)
     assert all(not method.graphs and method.owner in (copied, copied.refiner) for method in copied._traced.values())
     traced.double()  # graphs hold the weights as traced: a new dtype traces anew

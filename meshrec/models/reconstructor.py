@@ -13,6 +13,7 @@ exactly the left hand's; callers and losses only ever see their own camera frame
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -144,8 +145,9 @@ class HandMeshReconstructor(nn.Module):
         and, with ``traced``, the stem (:meth:`stem`) and the loop pass replayed from TorchScript
         graphs, each traced at the third call with the same input shapes (:mod:`meshrec.models.traced`;
         calls that need gradients run eagerly). The same outputs to float rounding, faster
-        (docs/benchmarks.md). The copy cannot train; train the model it was made from. A copy is
-        returned as is."""
+        (docs/benchmarks.md); where it replays graphs it runs in ``torch.inference_mode``, so its
+        outputs are inference tensors (``.clone()`` one to use it in autograd). The copy cannot
+        train; train the model it was made from. A copy is returned as is."""
         if self.inference_only:
             return self
         inference = copy.deepcopy(self).eval()
@@ -274,11 +276,17 @@ class HandMeshReconstructor(nn.Module):
             temperature: Gumbel-softmax temperature of the keypoint head (training).
         """
         images, K, side = self.check_inputs(images, K, side)
+        # the inference copy replays traced graphs where nothing needs gradients (meshrec.models.traced),
+        # in inference mode: no autograd bookkeeping per operation (~10 % at batch 1)
+        traced = self._traced if temperature is None and not torch.is_grad_enabled() else None
+        with torch.inference_mode() if traced else contextlib.nullcontext():
+            return self._reconstruct(images, K, side, max_passes, exit_threshold, temperature, traced)
+
+    def _reconstruct(self, images, K, side, max_passes, exit_threshold, temperature, traced) -> Prediction:
+        """:meth:`forward` on checked inputs; ``traced``: the inference copy's graphs, or None."""
         image_size = tuple(images.shape[-2:])
         left = side == SIDE_LEFT
         any_left = bool(left.any())
-        # the inference copy replays traced graphs where nothing needs gradients (meshrec.models.traced)
-        traced = self._traced if temperature is None and not torch.is_grad_enabled() else None
         stem = (traced["stem"] if traced else self.stem)(images, K, left, any_left=any_left, temperature=temperature)
         K, parametric, keypoints = stem.K, stem.parametric, stem.keypoints
         vertices = parametric.vertices
