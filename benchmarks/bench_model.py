@@ -134,6 +134,14 @@ def time_inference(model, args) -> None:
             latency, batch_time = times[name, label]
             print(f"| {label} | {costs[label]:.1f} | {latency * 1e3:.1f} | {args.batch / batch_time:.0f} | {passes[label]:.2f} |")
         print()
+    # what each predict_images / evaluate call pays at batch 1 (gate): for_inference() (the kept
+    # copy, graphs and all) and a forward under no_grad, against a new copy per call
+    with torch.no_grad():
+        kept = median_seconds(lambda: model.for_inference()(one), args.repeats)
+        fresh = median_seconds(lambda: model._make_inference_copy(traced=True)(one), max(5, args.repeats // 5))
+    print("| batch 1, one call as predict_images / evaluate make it | ms |\n|---|---:|")
+    print(f"| for_inference() (the kept copy) + forward under no_grad | {kept * 1e3:.1f} |")
+    print(f"| a new inference copy + forward (each call, before the copy was kept) | {fresh * 1e3:.1f} |\n")
 
 def profile_inference(model, size: int, repeats: int) -> None:
     """Batch-1 latency per stage at T_max (median ms): the stem (everything before the loop), one

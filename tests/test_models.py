@@ -484,6 +484,42 @@ def test_traced_inference_copy_predicts_what_the_eager_copy_predicts(cache_dir):
     assert all(not method.graphs for method in traced._traced.values())
 
 
+def test_inference_copy_is_kept_until_the_model_or_the_copy_changes(cache_dir):
+    """predict_images / evaluate call for_inference() each time: the copy (and its traced graphs)
+    is made once and made anew when weights, buffers, dtype or config change, or the copy was changed."""
+    import gc
+
+    from meshrec.models.reconstructor import _INFERENCE_COPIES
+
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir)
+    first = model.for_inference()
+    assert model.for_inference() is first and model.for_inference(traced=False) is not first
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    model(*hand_batch(2)).vertices.square().mean().backward()
+    optimizer.step()  # in place: the parameters' versions move
+    after_step = model.for_inference()
+    assert after_step is not first and model.for_inference() is after_step
+
+    model.load_state_dict(model.state_dict())
+    assert model.for_inference() is not after_step
+    model.config.gate.exit_threshold = 0.25
+    reconfigured = model.for_inference()
+    assert reconfigured.config.gate.exit_threshold == 0.25 and model.for_inference() is reconfigured
+
+    reconfigured.double()  # a user changed the copy: the next call makes a float32 copy again
+    assert model.for_inference().joint_regressor.dtype == torch.float32
+    model.double()
+    assert model.for_inference().joint_regressor.dtype == torch.float64
+
+    kept = len(_INFERENCE_COPIES)
+    del model, first, after_step, reconfigured, optimizer
+    gc.collect()
+    assert len(_INFERENCE_COPIES) == kept - 1  # the copies live as long as their model
+
+
 def test_inference_copy_predicts_what_the_model_predicts(cache_dir):
     torch.manual_seed(0)
     model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import os
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -92,6 +94,15 @@ class Stem:
     loop: LoopState | None
 
 
+# each model's inference copies (for_inference), by ``traced``: (the model's state it was made
+# from, the copy, the copy's device and dtype then: a storage of its own)
+_INFERENCE_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _storage(tensor: torch.Tensor) -> tuple[int, int]:
+    return tensor.data_ptr(), tensor._version
+
+
 class HandMeshReconstructor(nn.Module):
     """The full network (see the module docstring).
 
@@ -147,9 +158,29 @@ class HandMeshReconstructor(nn.Module):
         calls that need gradients run eagerly). The same outputs to float rounding, faster
         (docs/benchmarks.md); where it replays graphs it runs in ``torch.inference_mode``, so its
         outputs are inference tensors (``.clone()`` one to use it in autograd). The copy cannot
-        train; train the model it was made from. A copy is returned as is."""
+        train; train the model it was made from. A copy is returned as is.
+
+        The copy is kept (as long as this model lives) and returned again, traced graphs and all,
+        until this model's weights, buffers, device, dtype or config change: each
+        ``predict_images`` / ``evaluate`` call asks for one, and making it costs ~15-50 ms,
+        several batch-1 forwards, and its graphs are traced anew."""
         if self.inference_only:
             return self
+        key = self._inference_key()
+        kept = _INFERENCE_COPIES.setdefault(self, {}).get(traced)
+        if kept is not None and kept[0] == key and _storage(kept[1].joint_regressor) == kept[2]:
+            return kept[1]  # neither this model nor the copy's device and dtype changed since
+        inference = self._make_inference_copy(traced)
+        _INFERENCE_COPIES[self][traced] = (key, inference, _storage(inference.joint_regressor))
+        return inference
+
+    def _inference_key(self) -> tuple:
+        """What an inference copy depends on: the config, and every parameter's and buffer's
+        storage and version (in-place updates such as optimiser steps and ``load_state_dict``
+        bump the version; ``.to()`` / ``.double()`` replace the storage)."""
+        return repr(self.config), tuple(_storage(t) for t in itertools.chain(self.parameters(), self.buffers()))
+
+    def _make_inference_copy(self, traced: bool) -> "HandMeshReconstructor":
         inference = copy.deepcopy(self).eval()
         fold_batch_norms(inference)
         inference._set_memory_format()
