@@ -63,9 +63,11 @@ Choices worth knowing:
 - Stages are summed, not averaged: every stage gets the full weight (deep supervision), so a
   model with more passes has a larger total. The last stage is the final output, so "final"
   is never counted twice.
-- The laplacian and closeness terms compare the refined meshes with the *detached* parametric
-  mesh: they keep the refinement a hand where no mesh label says otherwise; they do not pull
-  the parametric stage toward the refined mesh.
+- The laplacian and closeness terms penalise the refinement's displacement from the parametric
+  mesh: they keep the refinement a hand where no mesh label says otherwise. The parametric mesh
+  is *not* detached there: it is part of every refined mesh, so in ``refined - parametric`` it
+  cancels (detached, it pushed the parametric stage against the refinement's corrections; see
+  :func:`closeness_loss`).
   Their default weight is 1.0: at 0.1 the 2D term bent the refined meshes of 2D-only samples,
   and the mixed config's final mesh ended 1.3 mm PA-MPVPE worse than its parametric one after
   9 minutes (12.74 vs 11.44 mm, demo set, step 671); at 1.0 the gap was 0.5 mm (12.12 vs 11.58).
@@ -736,7 +738,7 @@ def laplacian_loss(refined: Stages, base: Tensor, faces: Tensor, mask: Tensor) -
     ``||L(refined) - L(base)||`` (m), ``L`` the uniform graph Laplacian
     (:func:`uniform_laplacian`); per refined stage, the mean over the samples with ``mask``.
 
-    ``base`` is detached: the term shapes the refined meshes, never the parametric one.
+    ``base`` is not detached, on purpose: see :func:`closeness_loss`.
 
     Args:
         refined: refined stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
@@ -750,7 +752,6 @@ def laplacian_loss(refined: Stages, base: Tensor, faces: Tensor, mask: Tensor) -
     _check_stages("laplacian_loss", refined, base, mask)
     if not bool(mask.any()):  # every sample has a mesh label: the same zeros without the gathers
         return {stage: _connected_zero(vertices) for stage, vertices in refined.items()}
-    base = base.detach()
     # L is linear: L(refined) - L(base) = L(refined - base), one gather per stage
     return {
         stage: masked_mean(uniform_laplacian(vertices - base, faces).norm(dim=-1).mean(-1), mask)
@@ -760,7 +761,16 @@ def laplacian_loss(refined: Stages, base: Tensor, faces: Tensor, mask: Tensor) -
 
 def closeness_loss(refined: Stages, base: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """Closeness of the refinement: per sample, the mean over vertices of ``||refined - base||``
-    (m); per refined stage, the mean over the samples with ``mask``. ``base`` is detached.
+    (m); per refined stage, the mean over the samples with ``mask``.
+
+    ``base`` is not detached, on purpose. Each refined mesh is the parametric mesh plus the
+    refinement's displacement, so in ``refined - base`` the base cancels and the term shrinks the
+    displacement; the parametric stage is reached only through what the refinement reads of it
+    (positions, features there, the keypoint head's residual), which asks for a parametric mesh
+    that needs less correction. With ``base`` detached, the base inside ``refined`` still carried
+    the gradient, so the parametric stage was pushed *against* every correction the refinement
+    made: on unlabelled real photos in training it drifted until its meshes sat ~40 px off
+    (docs/benchmarks.md).
 
     Args:
         refined: refined stage name -> ``(B, V, 3)`` meshes (vertex v of sample b at ``[b, v]``).
@@ -771,7 +781,6 @@ def closeness_loss(refined: Stages, base: Tensor, mask: Tensor) -> dict[str, Ten
         stage name -> scalar.
     """
     _check_stages("closeness_loss", refined, base, mask)
-    base = base.detach()
     return {stage: masked_mean((vertices - base).norm(dim=-1).mean(-1), mask) for stage, vertices in refined.items()}
 
 
