@@ -61,9 +61,10 @@ model: setup
 	  --out meshrec/models/weights/synthetic_hands.pt --scores runs/model/bench_accuracy.json \
 	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, configs/model_stage3.yaml, then configs/model.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02)"
 
-# Real hand photos whose detector keypoints the bundled model's last stage trains on (2D only):
-# two Apache-2.0 collections on GitHub at pinned commits, flattened into data/real_photos and
-# labelled by `meshrec pseudo-label` (the photos are not part of meshrec; see their LICENSE files).
+# Real hand photos with the detector's keypoints as 2D labels, for configs/model_real_photos.yaml
+# (an experiment, not part of `make model`; docs/benchmarks.md, "Real photos in training"): two
+# Apache-2.0 collections on GitHub at pinned commits, flattened into data/real_photos and labelled
+# by `meshrec pseudo-label` (the photos are not part of meshrec; see their LICENSE files).
 HANDS_REPO ?= https://github.com/SubhiH/HandsDataset
 HANDS_COMMIT := 73228cb5ba6a8d454663aa9873157862b69a1c4c
 DIGITS_REPO ?= https://github.com/ardamavi/Sign-Language-Digits-Dataset
