@@ -17,8 +17,9 @@ training mode (every loop pass), every configured loss, backward, AdamW; on one 
 rendered, fully labelled hands. The same network without its refinement (same weights
 otherwise) is timed interleaved with it, step for step, so both see the same machine.
 
-``--profile`` times the stages of a batch-1 forward at T_max (the stem, one loop pass, the whole
-forward) run eagerly and replayed from the inference copy's traced graphs.
+``--profile`` times the stages of a batch-1 forward at T_max (the stem, one loop pass, the stem
+with every pass: what the forward replays as one graph at T_max, and the whole forward) run
+eagerly and replayed from the inference copy's traced graphs.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def profile_inference(model, size: int, repeats: int) -> None:
     images, K, side = inference.check_inputs(one, None, None)
     left, image_size = side == SIDE_LEFT, (size, size)
     graphs = inference._traced  # the copy's TracedMethods, read directly to time the stages apart
+    t_max = model.config.gate.max_passes
     with torch.inference_mode():
         state = inference.stem(images, K, left, any_left=False).loop
         progress = torch.full((1, 1), 1.0 / max(model.config.gate.max_passes, 1))
@@ -160,6 +162,10 @@ def profile_inference(model, size: int, repeats: int) -> None:
             "stem": (lambda: inference.stem(images, K, left, any_left=False), lambda: graphs["stem"](images, K, left, any_left=False)),
             "one loop pass": (lambda: inference.refiner.loop_pass(state, progress, image_size=image_size),
                               lambda: graphs["loop_pass"](state, progress, image_size=image_size)),
+            f"stem + {t_max} passes (at T_max the forward's one graph)": (
+                lambda: inference.stem(images, K, left, any_left=False, fixed_passes=t_max),
+                lambda: graphs["stem"](images, K, left, any_left=False, fixed_passes=t_max),
+            ),
             "whole forward at T_max": (lambda: eager(one, exit_threshold=1.0), lambda: inference(one, exit_threshold=1.0)),
         }
         print("\nbatch 1, per stage (median ms):\n\n| stage | eager | traced graph |\n|---|---:|---:|")

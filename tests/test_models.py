@@ -147,6 +147,28 @@ def test_exited_samples_are_not_computed(model):
         torch.testing.assert_close(mixed.vertices[i], full.pass_vertices[passes - 1][i], atol=1e-5, rtol=1e-5)
 
 
+def test_a_loop_stopped_and_resumed_runs_the_passes_of_one_run(model):
+    """``run_loop(stop_after=k)`` then ``run_loop`` from where it stopped (what the stem and the
+    gate's passes do) gives one run's passes, exits and pass counts."""
+    images, K = hand_batch(4)
+    refiner = model.refiner
+    with torch.no_grad():
+        logits = model(images, K, exit_threshold=1.0).pass_exit_logit[0]
+        threshold = float(torch.sigmoid(logits).median())
+        stem = model.stem(images, K, torch.zeros(4, dtype=torch.bool), any_left=False)
+        whole = dataclasses.replace(stem.refined, pass_vertices=[], pass_log_variance=[], pass_exit_logit=[])
+        refiner.run_loop(whole, stem.loop, (SIZE, SIZE), exit_threshold=threshold)
+        parts = dataclasses.replace(stem.refined, pass_vertices=[], pass_log_variance=[], pass_exit_logit=[])
+        after_first = refiner.run_loop(parts, stem.loop, (SIZE, SIZE), exit_threshold=threshold, stop_after=1)
+        assert parts.passes_used.tolist() == [1] * 4  # nobody left: no decision was made yet
+        refiner.run_loop(parts, after_first, (SIZE, SIZE), exit_threshold=threshold)
+    assert refiner.passes_before_a_decision(exit_threshold=threshold) == 1
+    assert refiner.passes_before_a_decision(exit_threshold=1.0) == refiner.passes_before_a_decision(max_passes=3, exit_threshold=2.0) == 3
+    assert torch.equal(parts.passes_used, whole.passes_used) and 1 in whole.passes_used.tolist()
+    for ours, theirs in zip(parts.pass_vertices + parts.pass_exit_logit, whole.pass_vertices + whole.pass_exit_logit, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 def test_left_hand_is_the_mirrored_right_hand(model):
     images, K = hand_batch(2)
     with torch.no_grad():
@@ -442,8 +464,9 @@ def _randomize_batch_norms(network: torch.nn.Module, seed: int = 3) -> None:
 
 
 def test_traced_inference_copy_predicts_what_the_eager_copy_predicts(cache_dir):
-    """The stem and the loop pass replayed from traced graphs, on other inputs than those they
-    were traced with: left and right crops, every pass, and the gate's sub-batches."""
+    """The stem (with the passes before the gate's first decision) and the loop pass replayed
+    from traced graphs, on other inputs than those they were traced with: left and right crops,
+    every pass, and the gate's sub-batches."""
     from meshrec.models.traced import TracedMethod, _Graph
 
     torch.manual_seed(0)
@@ -452,7 +475,9 @@ def test_traced_inference_copy_predicts_what_the_eager_copy_predicts(cache_dir):
     eager, traced = model.for_inference(traced=False), model.for_inference()
     assert eager._traced is None and set(traced._traced) == {"stem", "loop_pass"}
     generator = torch.Generator().manual_seed(5)
-    images = [torch.rand(5, 3, SIZE, SIZE, generator=generator) for _ in range(TracedMethod(model, "stem").trace_after + 2)]
+    # the gate's passes after the first run on sub-batches padded to 1, 2 or 4 rows: six batches
+    # (seeded) repeat one of those sizes often enough for it to be traced
+    images = [torch.rand(5, 3, SIZE, SIZE, generator=generator) for _ in range(2 * (TracedMethod(model, "stem").trace_after + 1))]
     K = default_intrinsics(SIZE, batch=5)
     sides = ["left", "right", "left", "right", "right"]
     with torch.inference_mode():

@@ -82,10 +82,10 @@ class ModelConfig:
 
 @dataclass
 class Stem:
-    """What the network computes before the loop (:meth:`HandMeshReconstructor.stem`): the crops'
-    ``K`` ``(B, 3, 3)`` (left crops' flipped), the global stage's hand, the keypoint head's output
-    (or None), the coarse-to-fine refinement (without passes) and the loop's starting state (None
-    without refinement or loop)."""
+    """What the network computes before the gate's first decision (:meth:`HandMeshReconstructor.stem`):
+    the crops' ``K`` ``(B, 3, 3)`` (left crops' flipped), the global stage's hand, the keypoint
+    head's output (or None), the coarse-to-fine refinement with the passes every sample ran, and
+    the loop's state after them (None without refinement or loop)."""
 
     K: torch.Tensor
     parametric: GlobalStageOutput
@@ -318,7 +318,11 @@ class HandMeshReconstructor(nn.Module):
         image_size = tuple(images.shape[-2:])
         left = side == SIDE_LEFT
         any_left = bool(left.any())
-        stem = (traced["stem"] if traced else self.stem)(images, K, left, any_left=any_left, temperature=temperature)
+        stem = (traced["stem"] if traced else self.stem)(
+            images, K, left, any_left=any_left, temperature=temperature,
+            fixed_passes=self.refiner.passes_before_a_decision(max_passes, exit_threshold) if self.refiner else 0,
+            max_passes=max_passes,
+        )
         K, parametric, keypoints = stem.K, stem.parametric, stem.keypoints
         vertices = parametric.vertices
         level_vertices, pass_vertices, pass_log_variance, pass_exit_logit = [], [], [], []
@@ -326,6 +330,7 @@ class HandMeshReconstructor(nn.Module):
         joint_variance = None
         if stem.refined is not None:
             refined = stem.refined
+            # the passes the gate decides on (none at a fixed depth: the stem ran them all)
             self.refiner.run_loop(refined, stem.loop, image_size, max_passes, exit_threshold,
                                   loop_pass=traced["loop_pass"] if traced else None)
             level_vertices = refined.level_vertices
@@ -361,10 +366,15 @@ class HandMeshReconstructor(nn.Module):
         )
         return mirror_left(prediction, left) if any_left else prediction
 
-    def stem(self, images: torch.Tensor, K: torch.Tensor, left: torch.Tensor, any_left: bool, temperature: float | None = None) -> Stem:
-        """Everything before the loop, on checked inputs (:meth:`check_inputs`): left crops
-        flipped (``left`` ``(B,)`` bool, ``any_left`` whether any is set), the backbone, the
-        global stage, the keypoint head and the coarse-to-fine refinement."""
+    def stem(
+        self, images: torch.Tensor, K: torch.Tensor, left: torch.Tensor, any_left: bool, temperature: float | None = None,
+        fixed_passes: int = 0, max_passes: int | None = None,
+    ) -> Stem:
+        """Everything before the gate's first decision, on checked inputs (:meth:`check_inputs`):
+        left crops flipped (``left`` ``(B,)`` bool, ``any_left`` whether any is set), the backbone,
+        the global stage, the keypoint head, the coarse-to-fine refinement and the first
+        ``fixed_passes`` loop passes of ``max_passes`` (every sample runs them; the inference copy
+        replays all of it as one graph)."""
         height, width = images.shape[-2:]
         image_size = (height, width)
         if any_left:
@@ -387,6 +397,8 @@ class HandMeshReconstructor(nn.Module):
                     heatmap_spread(keypoints.heatmaps.detach(), self.config.keypoints.feature_stride),
                 ),
             )
+            if fixed_passes:
+                loop = self.refiner.run_loop(refined, loop, image_size, max_passes, stop_after=fixed_passes)
         return Stem(K=K, parametric=parametric, keypoints=keypoints, refined=refined, loop=loop)
 
     def check_inputs(self, images, K, side) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

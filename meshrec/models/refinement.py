@@ -551,27 +551,44 @@ class MeshRefiner(nn.Module):
         max_passes: int | None = None,
         exit_threshold: float | None = None,
         loop_pass=None,
-    ) -> None:
+        stop_after: int | None = None,
+    ) -> LoopState | None:
         """The gated passes at ``finest_level`` from ``state``, appended to ``output`` (each pass's
         mesh at full resolution; ``passes_used`` set). ``loop_pass`` runs one pass like
         :meth:`loop_pass` (the inference copy passes its traced graphs); by default that method.
         At inference a sample leaves when ``p_exit > exit_threshold`` and later passes run on
-        the samples still inside only."""
+        the samples still inside only (a threshold >= 1 keeps every sample: p_exit <= 1).
+
+        Passes already in ``output`` ran on every sample and ``state`` is the state after them:
+        the loop goes on from there (the inference copy replays the stem and the passes before
+        the gate's first decision as one graph). ``stop_after``: run every sample up to this
+        many passes and stop, deciding nothing. Returns the state after the last pass run."""
         passes = self.gate.max_passes if max_passes is None else max_passes
         batch = output.coarse_to_fine_vertices.shape[0]
-        passes_used = torch.zeros(batch, dtype=torch.long, device=output.coarse_to_fine_vertices.device)
-        output.passes_used = passes_used
-        if state is None or passes <= 0:
-            return
+        done = len(output.pass_vertices)
+        if done == 0:
+            output.passes_used = torch.zeros(batch, dtype=torch.long, device=output.coarse_to_fine_vertices.device)
+        if state is None or passes <= done:
+            return state
         if passes > self.gate.max_passes:
             raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
-        adaptive = self.gate.adaptive and not self.training
+        adaptive = stop_after is None and self._can_exit(threshold)
         loop_pass = loop_pass or self.loop_pass
-        log_variance = state.vertices.new_full((batch, NUM_JOINTS), LOG_VARIANCE_INIT)
-        exit_logit = state.vertices.new_zeros(batch)
+        if done:
+            log_variance, exit_logit = output.pass_log_variance[-1], output.pass_exit_logit[-1]
+        else:
+            log_variance = state.vertices.new_full((batch, NUM_JOINTS), LOG_VARIANCE_INIT)
+            exit_logit = state.vertices.new_zeros(batch)
+        passes_used = output.passes_used
         active = None  # None: every sample (no index_select needed)
-        for step in range(passes):
+        for step in range(done, passes if stop_after is None else min(stop_after, passes)):
+            if adaptive and step > 0:
+                stay = torch.sigmoid(exit_logit if active is None else exit_logit.index_select(0, active)) <= threshold
+                if not bool(stay.all()):
+                    active = (torch.arange(batch, device=passes_used.device) if active is None else active)[stay]
+                    if active.numel() == 0:
+                        break
             inside = state if active is None else state.rows(active)
             progress = state.vertices.new_full((inside.vertices.shape[0], 1), (step + 1) / passes)
             moved = loop_pass(inside, progress, image_size=image_size)
@@ -593,14 +610,22 @@ class MeshRefiner(nn.Module):
             output.pass_vertices.append(state.full)
             output.pass_log_variance.append(log_variance)
             output.pass_exit_logit.append(exit_logit)
-            if adaptive and step + 1 < passes:
-                stay = torch.sigmoid(moved.exit_logit) <= threshold
-                if not bool(stay.all()):
-                    current = torch.arange(batch, device=passes_used.device) if active is None else active
-                    active = current[stay]
-                    if active.numel() == 0:
-                        break
         output.passes_used = passes_used
+        return state
+
+    def _can_exit(self, threshold: float) -> bool:
+        """Whether a sample can leave the loop early: at inference, with an adaptive gate and a
+        threshold below 1 (p_exit <= 1 never passes a threshold >= 1)."""
+        return self.gate.adaptive and not self.training and threshold < 1.0
+
+    def passes_before_a_decision(self, max_passes: int | None = None, exit_threshold: float | None = None) -> int:
+        """How many loop passes every sample runs before the gate can let one leave (arguments as
+        :meth:`run_loop`): all of them when none can leave, else the first (0 without a loop)."""
+        if self.loop_block is None:
+            return 0
+        passes = self.gate.max_passes if max_passes is None else max_passes
+        threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
+        return min(passes, 1) if self._can_exit(threshold) else passes
 
     def loop_pass(self, state: LoopState, progress: torch.Tensor, image_size: tuple[int, int]) -> PassOutput:
         """One pass of the shared block on the samples of ``state``; ``progress`` ``(B, 1)`` is
