@@ -163,8 +163,8 @@ def profile_inference(model, size: int, repeats: int) -> None:
             "one loop pass": (lambda: inference.refiner.loop_pass(state, progress, image_size=image_size),
                               lambda: graphs["loop_pass"](state, progress, image_size=image_size)),
             f"stem + {t_max} passes (at T_max the forward's one graph)": (
-                lambda: inference.stem(images, K, left, any_left=False, fixed_passes=t_max),
-                lambda: graphs["stem"](images, K, left, any_left=False, fixed_passes=t_max),
+                lambda: inference.stem(images, K, left, any_left=False, temperature=None, fixed_passes=t_max, max_passes=t_max),
+                lambda: graphs["stem"](images, K, left, any_left=False, temperature=None, fixed_passes=t_max, max_passes=t_max),
             ),
             "whole forward at T_max": (lambda: eager(one, exit_threshold=1.0), lambda: inference(one, exit_threshold=1.0)),
         }

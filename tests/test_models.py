@@ -165,8 +165,26 @@ def test_a_loop_stopped_and_resumed_runs_the_passes_of_one_run(model):
     assert refiner.passes_before_a_decision(exit_threshold=threshold) == 1
     assert refiner.passes_before_a_decision(exit_threshold=1.0) == refiner.passes_before_a_decision(max_passes=3, exit_threshold=2.0) == 3
     assert torch.equal(parts.passes_used, whole.passes_used) and 1 in whole.passes_used.tolist()
-    for ours, theirs in zip(parts.pass_vertices + parts.pass_exit_logit, whole.pass_vertices + whole.pass_exit_logit, strict=True):
+    for ours, theirs in zip(
+        parts.pass_vertices + parts.pass_log_variance + parts.pass_exit_logit,
+        whole.pass_vertices + whole.pass_log_variance + whole.pass_exit_logit,
+        strict=True,
+    ):
         assert torch.equal(ours, theirs)
+
+
+def test_a_loop_deeper_than_the_gate_allows_is_refused_before_anything_runs(model):
+    """The error, not a tracing warning, at every call of the traced copy (which checks the depth
+    before its stem graph, the one place a too-deep loop would otherwise first fail)."""
+    import warnings
+
+    images, K = hand_batch(1)
+    inference = model.for_inference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            with pytest.raises(MeshrecError, match="max_passes=4 exceeds the model's gate.max_passes=3"):
+                inference(images, K, max_passes=4)
 
 
 def test_left_hand_is_the_mirrored_right_hand(model):

@@ -153,9 +153,11 @@ class HandMeshReconstructor(nn.Module):
         """An eval-mode copy for prediction: each batch norm folded into the convolution before it
         (:mod:`meshrec.models.fusion`), a keypoint head that computes each joint's selected group
         only (``JointGroupsHead.forward``'s ``selected_only``: its per-group outputs are None),
-        and, with ``traced``, the stem (:meth:`stem`) and the loop pass replayed from TorchScript
-        graphs, each traced at the third call with the same input shapes (:mod:`meshrec.models.traced`;
-        calls that need gradients run eagerly). The same outputs to float rounding, faster
+        and, with ``traced``, the stem (:meth:`stem`, with the passes before the gate's first
+        decision) and the loop pass replayed from TorchScript graphs, each traced at the third call
+        with the same input shapes, loop depth and gate setting (whether a sample may leave early
+        sets how many passes the stem runs; :mod:`meshrec.models.traced`; calls that need gradients
+        run eagerly). The same outputs to float rounding, faster
         (docs/benchmarks.md); where it replays graphs it runs in ``torch.inference_mode``, so its
         outputs are inference tensors (``.clone()`` one to use it in autograd). The copy cannot
         train; train the model it was made from. A copy is returned as is.
@@ -318,10 +320,11 @@ class HandMeshReconstructor(nn.Module):
         image_size = tuple(images.shape[-2:])
         left = side == SIDE_LEFT
         any_left = bool(left.any())
+        passes = self.refiner.loop_passes(max_passes) if self.refiner is not None else 0
         stem = (traced["stem"] if traced else self.stem)(
             images, K, left, any_left=any_left, temperature=temperature,
-            fixed_passes=self.refiner.passes_before_a_decision(max_passes, exit_threshold) if self.refiner else 0,
-            max_passes=max_passes,
+            fixed_passes=self.refiner.passes_before_a_decision(passes, exit_threshold) if self.refiner is not None else 0,
+            max_passes=passes,
         )
         K, parametric, keypoints = stem.K, stem.parametric, stem.keypoints
         vertices = parametric.vertices
@@ -331,7 +334,7 @@ class HandMeshReconstructor(nn.Module):
         if stem.refined is not None:
             refined = stem.refined
             # the passes the gate decides on (none at a fixed depth: the stem ran them all)
-            self.refiner.run_loop(refined, stem.loop, image_size, max_passes, exit_threshold,
+            self.refiner.run_loop(refined, stem.loop, image_size, passes, exit_threshold,
                                   loop_pass=traced["loop_pass"] if traced else None)
             level_vertices = refined.level_vertices
             pass_vertices, pass_log_variance, pass_exit_logit = refined.pass_vertices, refined.pass_log_variance, refined.pass_exit_logit

@@ -559,19 +559,18 @@ class MeshRefiner(nn.Module):
         At inference a sample leaves when ``p_exit > exit_threshold`` and later passes run on
         the samples still inside only (a threshold >= 1 keeps every sample: p_exit <= 1).
 
-        Passes already in ``output`` ran on every sample and ``state`` is the state after them:
-        the loop goes on from there (the inference copy replays the stem and the passes before
-        the gate's first decision as one graph). ``stop_after``: run every sample up to this
-        many passes and stop, deciding nothing. Returns the state after the last pass run."""
-        passes = self.gate.max_passes if max_passes is None else max_passes
+        Passes already in ``output`` must have run on every sample (as :meth:`run_loop` with
+        ``stop_after`` runs them), ``state`` being the state after them: the loop goes on from
+        there (the inference copy replays the stem and the passes before the gate's first
+        decision as one graph). ``stop_after``: run every sample up to this many passes and stop,
+        deciding nothing. Returns the state after the last pass run."""
+        passes = self.loop_passes(max_passes)
         batch = output.coarse_to_fine_vertices.shape[0]
         done = len(output.pass_vertices)
         if done == 0:
             output.passes_used = torch.zeros(batch, dtype=torch.long, device=output.coarse_to_fine_vertices.device)
         if state is None or passes <= done:
             return state
-        if passes > self.gate.max_passes:
-            raise MeshrecError(f"max_passes={passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         adaptive = stop_after is None and self._can_exit(threshold)
         loop_pass = loop_pass or self.loop_pass
@@ -616,16 +615,25 @@ class MeshRefiner(nn.Module):
     def _can_exit(self, threshold: float) -> bool:
         """Whether a sample can leave the loop early: at inference, with an adaptive gate and a
         threshold below 1 (p_exit <= 1 never passes a threshold >= 1)."""
-        return self.gate.adaptive and not self.training and threshold < 1.0
+        return self.gate.adaptive and not self.training and not threshold >= 1.0  # a NaN threshold: every sample leaves
 
     def passes_before_a_decision(self, max_passes: int | None = None, exit_threshold: float | None = None) -> int:
         """How many loop passes every sample runs before the gate can let one leave (arguments as
         :meth:`run_loop`): all of them when none can leave, else the first (0 without a loop)."""
-        if self.loop_block is None:
-            return 0
-        passes = self.gate.max_passes if max_passes is None else max_passes
+        passes = self.loop_passes(max_passes)
         threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
         return min(passes, 1) if self._can_exit(threshold) else passes
+
+    def loop_passes(self, max_passes: int | None = None) -> int:
+        """The loop's depth for a ``max_passes`` override (None: ``gate.max_passes``; 0 without a
+        loop or for an override <= 0); an override above ``gate.max_passes`` is an error."""
+        if self.loop_block is None:
+            return 0
+        if max_passes is None:
+            return self.gate.max_passes
+        if max_passes > self.gate.max_passes:
+            raise MeshrecError(f"max_passes={max_passes} exceeds the model's gate.max_passes={self.gate.max_passes}")
+        return max(int(max_passes), 0)
 
     def loop_pass(self, state: LoopState, progress: torch.Tensor, image_size: tuple[int, int]) -> PassOutput:
         """One pass of the shared block on the samples of ``state``; ``progress`` ``(B, 1)`` is
