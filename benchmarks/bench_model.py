@@ -157,7 +157,7 @@ def profile_inference(model, size: int, repeats: int) -> None:
     t_max = model.config.gate.max_passes
     with torch.inference_mode():
         state = inference.stem(images, K, left, any_left=False).loop
-        progress = torch.full((1, 1), 1.0 / max(model.config.gate.max_passes, 1))
+        progress = torch.full((1, 1), 1.0 / max(t_max, 1))
         stages = {
             "stem": (lambda: inference.stem(images, K, left, any_left=False), lambda: graphs["stem"](images, K, left, any_left=False)),
             "one loop pass": (lambda: inference.refiner.loop_pass(state, progress, image_size=image_size),

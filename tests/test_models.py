@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,8 +177,6 @@ def test_a_loop_stopped_and_resumed_runs_the_passes_of_one_run(model):
 def test_a_loop_deeper_than_the_gate_allows_is_refused_before_anything_runs(model):
     """The error, not a tracing warning, at every call of the traced copy (which checks the depth
     before its stem graph, the one place a too-deep loop would otherwise first fail)."""
-    import warnings
-
     images, K = hand_batch(1)
     inference = model.for_inference()
     with warnings.catch_warnings():

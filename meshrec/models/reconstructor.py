@@ -320,11 +320,12 @@ class HandMeshReconstructor(nn.Module):
         image_size = tuple(images.shape[-2:])
         left = side == SIDE_LEFT
         any_left = bool(left.any())
-        passes = self.refiner.loop_passes(max_passes) if self.refiner is not None else 0
+        passes = fixed_passes = 0
+        if self.refiner is not None:
+            passes = self.refiner.loop_passes(max_passes)
+            fixed_passes = self.refiner.passes_before_a_decision(passes, exit_threshold)
         stem = (traced["stem"] if traced else self.stem)(
-            images, K, left, any_left=any_left, temperature=temperature,
-            fixed_passes=self.refiner.passes_before_a_decision(passes, exit_threshold) if self.refiner is not None else 0,
-            max_passes=passes,
+            images, K, left, any_left=any_left, temperature=temperature, fixed_passes=fixed_passes, max_passes=passes
         )
         K, parametric, keypoints = stem.K, stem.parametric, stem.keypoints
         vertices = parametric.vertices
