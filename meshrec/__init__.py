@@ -39,6 +39,8 @@ _EXPORTS = {
     "predict_images": "meshrec.inference",
     "PredictSummary": "meshrec.inference",
     "detect_hands": "meshrec.detect",
+    "fit_to_keypoints": "meshrec.fitting",
+    "KeypointFitConfig": "meshrec.fitting",
     # meshes and data
     "save_mesh": "meshrec.export",
     "write_synthetic_dataset": "meshrec.data.synthetic",
@@ -63,6 +65,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names load o
     from meshrec.errors import DatasetError, MeshrecError
     from meshrec.evaluate import EvaluationResult, evaluate
     from meshrec.export import save_mesh
+    from meshrec.fitting import KeypointFitConfig, fit_to_keypoints
     from meshrec.inference import PredictSummary, predict_images
     from meshrec.losses import LossConfig
     from meshrec.metrics import MetricInputError

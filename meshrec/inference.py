@@ -524,6 +524,46 @@ def predict_crops(model, crops: Sequence[PreparedCrop]):
     return model.predict(images, K, [crop.request.side for crop in crops])
 
 
+def fit_to_crop_keypoints(model, prediction, crops: Sequence[PreparedCrop], config=None):
+    """The prediction with every hand whose request has keypoints (the detector's, or a
+    record's) fitted to them (:func:`meshrec.fitting.fit_to_keypoints`): vertices, joints, their
+    projections, rotations and shape replaced; the other hands and the network's other outputs
+    (keypoint head, uncertainty, per-stage meshes) unchanged.
+
+    Returns:
+        ``(prediction, fits)``: ``fits[i]`` is hand i's ``{"error_before", "error_after"}`` (mean
+        keypoint distance to the network's / the fitted joints, in hand sizes), or None.
+    """
+    from meshrec.fitting import fit_to_keypoints
+
+    chosen = [i for i, crop in enumerate(crops) if crop.request.keypoints2d is not None]
+    fits: list[dict | None] = [None] * len(crops)
+    if not chosen:
+        return prediction, fits
+    rows = torch.tensor(chosen, device=prediction.vertices.device)
+    keypoints, visible = [], []
+    for i in chosen:
+        request = crops[i].request
+        pixels = torch.as_tensor(np.asarray(request.keypoints2d, dtype=np.float64))
+        keypoints.append(transform_points(pixels, crops[i].transform))
+        shown = np.ones(len(pixels), dtype=bool) if request.visible is None else np.asarray(request.visible, dtype=bool)
+        visible.append(torch.as_tensor(shown))
+    subset = dataclasses.replace(
+        prediction,
+        **{name: getattr(prediction, name).index_select(0, rows)
+           for name in ("vertices", "joints2d", "K", "side", "global_rotations", "betas")},
+    )  # fmt: skip
+    fit = fit_to_keypoints(model, subset, torch.stack(keypoints).to(prediction.vertices), torch.stack(visible).to(rows.device), config)
+    replaced = {
+        name: getattr(prediction, name).index_copy(0, rows, getattr(fit, source).to(getattr(prediction, name)))
+        for name, source in (("vertices", "vertices"), ("joints", "joints"), ("joints2d", "joints2d"),
+                             ("global_rotations", "rotations"), ("betas", "betas"))
+    }  # fmt: skip
+    for row, i in enumerate(chosen):
+        fits[i] = {"error_before": float(fit.error_before[row]), "error_after": float(fit.error_after[row])}
+    return dataclasses.replace(prediction, **replaced), fits
+
+
 def prediction_in_images(prediction, crops: Sequence[PreparedCrop], index: int):
     """Sample ``index`` of a crop prediction expressed in its original image: ``K`` of the
     image, ``joints2d`` / ``keypoints2d`` in its pixels and ``image_size`` its ``(H, W)``;
@@ -576,8 +616,9 @@ def _crop_record(crop: PreparedCrop, prediction, index: int) -> dict:
     return record
 
 
-def _prediction_json_bytes(prediction, crops: Sequence[PreparedCrop], index: int) -> bytes:
-    """save_prediction_json's record in the original image's frame, plus the crop's keys."""
+def _prediction_json_bytes(prediction, crops: Sequence[PreparedCrop], index: int, keypoint_fit: dict | None = None) -> bytes:
+    """save_prediction_json's record in the original image's frame, plus the crop's keys (and
+    ``keypoint_fit`` when given)."""
     from meshrec.export import save_prediction_json
 
     in_image = prediction_in_images(prediction, crops, index)
@@ -586,6 +627,8 @@ def _prediction_json_bytes(prediction, crops: Sequence[PreparedCrop], index: int
         text = path.read_text()
     record = json.loads(text)
     record.update(_crop_record(crops[index], prediction, index))
+    if keypoint_fit is not None:
+        record["keypoint_fit"] = keypoint_fit
     lines = [f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)}" for key, value in record.items()]
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
@@ -608,6 +651,7 @@ def write_outputs(
     formats: Sequence[str] = ("obj",),
     overlay: bool = False,
     overlay_renderer: str = "auto",
+    keypoint_fit: dict | None = None,
 ) -> tuple[Path, ...]:
     """Write sample ``index``'s files into ``out_dir``, each atomically (temporary name, rename):
 
@@ -618,7 +662,8 @@ def write_outputs(
       image's frame (``K``, ``image_size``, ``joints2d``, ``keypoints2d`` of the image;
       ``joints3d``, ``root`` in its camera frame, metres), plus ``image`` (the source) and
       ``crop`` (``box``, ``image_size``, ``K``, ``transform`` image -> crop, ``joints2d`` in
-      crop pixels);
+      crop pixels), and ``keypoint_fit`` when given (:func:`fit_to_crop_keypoints`'s record of
+      this hand: its mesh was fitted to the request's keypoints);
     - with ``overlay``, ``<stem>_overlay.png``: the mesh drawn over the crop
       (:func:`meshrec.viz.overlay_mesh`, OpenGL when available, else matplotlib).
     """
@@ -629,7 +674,7 @@ def write_outputs(
     for fmt in formats:
         written.append(save_mesh(out_dir / f"{stem}.{fmt}", mesh=mesh))
     json_path = out_dir / f"{stem}{PREDICTION_JSON_SUFFIX}"
-    write_bytes_atomic(json_path, _prediction_json_bytes(prediction, crops, index))
+    write_bytes_atomic(json_path, _prediction_json_bytes(prediction, crops, index, keypoint_fit))
     written.append(json_path)
     if overlay:
         crop_pixels = (crops[index].image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -764,6 +809,7 @@ def predict_images(
     read_threads: int = 2,
     progress: bool = True,
     overlay_renderer: str = "auto",
+    fit_keypoints: bool = True,
 ) -> PredictSummary:
     """Reconstruct the hands in every requested image and write their files into ``out_dir``.
 
@@ -795,6 +841,8 @@ def predict_images(
         read_threads: threads reading images ahead of the model (0: read in this thread).
         progress: show a progress bar on stderr.
         overlay_renderer: ``'auto'``, ``'gl'`` or ``'matplotlib'`` (:func:`meshrec.viz.overlay_mesh`).
+        fit_keypoints: fit each hand whose keypoints are known (the detector's, or a record's)
+            to them (:func:`fit_to_crop_keypoints`); False writes the network's meshes as they are.
 
     Raises:
         meshrec.detect.DetectorUnavailableError: ``detect`` without the detector installed.
@@ -837,10 +885,13 @@ def predict_images(
             return
         crops = [crop for _, crop in batch]
         prediction = predict_crops(model, crops)
+        fits = [None] * len(crops)
+        if fit_keypoints:
+            prediction, fits = fit_to_crop_keypoints(model, prediction, crops)
         for index, (position, crop) in enumerate(batch):
             stem = stems[position] if crop.hand is None else f"{stems[position]}_hand{crop.hand}"
             try:
-                files = write_outputs(out_dir, stem, prediction, crops, index, formats)
+                files = write_outputs(out_dir, stem, prediction, crops, index, formats, keypoint_fit=fits[index])
             except (MeshrecError, OSError) as error:
                 summary.failures.append(Failure(crop.request.name, f"cannot write outputs: {error}"))
                 files = None

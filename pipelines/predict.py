@@ -2,6 +2,7 @@
 
     meshrec predict PHOTO|FOLDER|LIST.jsonl ... --out DIR [--overlay] [--contact-sheet]
                     [--format obj,ply,glb] [--checkpoint C] [--box x0,y0,x1,y1 --side left] [--no-detect]
+                    [--no-fit]
 
 Without ``--checkpoint`` the bundled model (``synthetic-hands``) is used. Images without a box or
 keypoints go through the hand detector (``meshrec.detect``): every hand it finds is reconstructed
@@ -11,6 +12,10 @@ box or keypoints) or ``--no-detect`` an image is one hand of ``--side``: ``<stem
 joints in the image's pixels, variances, passes, K of the image and of the crop) and, with
 ``--overlay``, ``<stem>_overlay.png``: the photo with every hand's mesh drawn in place. Images
 that fail or hold no hand are listed; the exit code is 0 when at least one image worked.
+
+A hand whose keypoints are known (the detector's, or a record's ``joints2d``) is fitted to them
+(``meshrec.fitting``: the hand model moved onto the keypoints, held near the network's mesh);
+``--no-fit`` writes the network's meshes as they are.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--contact-sheet", action="store_true", help="with --overlay: all overlays on contact_sheet.png")
     parser.add_argument("--no-detect", action="store_true",
                         help="no hand detector: an image without a box is one hand of --side, cropped whole")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="do not fit the hands to their known keypoints (the detector's or a record's)")
     parser.add_argument("--max-hands", type=int, default=4, help="most hands per image the detector reports (default: 4)")
     parser.add_argument(
         "--box", type=_box, default=None, metavar="x0,y0,x1,y1",
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         model, requests, args.out, formats=formats, overlay=args.overlay, detect=not args.no_detect,
         max_hands=args.max_hands, contact_sheet=args.contact_sheet, batch_size=args.batch_size,
         box_padding=args.box_padding, exif_transpose=not args.ignore_exif, progress=not args.no_progress,
+        fit_keypoints=not args.no_fit,
     )  # fmt: skip
     summary.failures[:0] = failures  # records that did not parse come first, as in the input
     print(summary.describe())

@@ -562,6 +562,17 @@ def test_inference_copy_is_kept_until_the_model_or_the_copy_changes(cache_dir):
     assert len(_INFERENCE_COPIES) == kept - 1  # the copies live as long as their model
 
 
+def test_an_inference_copy_asked_for_in_inference_mode_is_kept_and_predicts(cache_dir):
+    torch.manual_seed(0)
+    model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()
+    images, K = hand_batch(1)
+    with torch.inference_mode():
+        inference = model.for_inference()
+        assert model.for_inference() is inference and not inference.joint_regressor.is_inference()
+        predicted = inference(images, K)
+    assert torch.isfinite(predicted.vertices).all() and model.for_inference() is inference
+
+
 def test_inference_copy_predicts_what_the_model_predicts(cache_dir):
     torch.manual_seed(0)
     model = HandMeshReconstructor(small_config(), hierarchy_cache_dir=cache_dir).eval()

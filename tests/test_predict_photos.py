@@ -97,6 +97,22 @@ def test_a_box_or_no_detect_skips_the_detector(model, photos, scripted_detector,
     assert [r.stem for r in summary.results] == ["no_hand"] and not scripted_detector
 
 
+def test_detected_hands_are_fitted_to_the_detectors_keypoints_unless_told_not_to(model, photos, scripted_detector, tmp_path):
+    import json
+
+    requests = [ImageRequest(photos / "two_hands.png")]
+    predict_images(model, requests, tmp_path / "fitted", detect=True, progress=False)
+    predict_images(model, requests, tmp_path / "network", detect=True, progress=False, fit_keypoints=False)
+    for hand in ("two_hands_hand0", "two_hands_hand1"):
+        fitted = json.loads((tmp_path / "fitted" / f"{hand}.json").read_text())
+        network = json.loads((tmp_path / "network" / f"{hand}.json").read_text())
+        reference = np.asarray(fitted["detection"]["keypoints2d"])
+        distance = lambda record: np.linalg.norm(np.asarray(record["joints2d"]) - reference, axis=-1).mean()  # noqa: E731
+        assert "keypoint_fit" not in network and fitted["keypoint_fit"]["error_after"] < fitted["keypoint_fit"]["error_before"]
+        assert distance(fitted) < 0.7 * distance(network)  # scripted keypoints no hand can match exactly
+        assert fitted["keypoints2d"] == network["keypoints2d"]  # the network's own head is reported as it was
+
+
 def test_a_missing_detector_stops_with_how_to_install_it(model, photos, monkeypatch, tmp_path):
     def unavailable(image, **_):
         raise DetectorUnavailableError("the hand detector needs mediapipe: pip install 'meshrec[detect]'")

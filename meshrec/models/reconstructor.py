@@ -172,7 +172,8 @@ class HandMeshReconstructor(nn.Module):
         kept = _INFERENCE_COPIES.setdefault(self, {}).get(traced)
         if kept is not None and kept[0] == key and _storage(kept[1].joint_regressor) == kept[2]:
             return kept[1]  # neither this model nor the copy's device and dtype changed since
-        inference = self._make_inference_copy(traced)
+        with torch.inference_mode(False):  # asked for inside inference mode, its tensors would be inference tensors
+            inference = self._make_inference_copy(traced)
         _INFERENCE_COPIES[self][traced] = (key, inference, _storage(inference.joint_regressor))
         return inference
 
@@ -479,12 +480,17 @@ def flip_intrinsics(K: torch.Tensor, width: int) -> torch.Tensor:
     return flipped
 
 
-def _mirror_points(points: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+def mirror_points(points: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """``(B, ..., 3)`` camera-frame points with x negated for the samples flagged ``left`` ``(B,)``:
+    between a left hand's frame and the mirrored (right-hand) frame the network works in."""
     mask = left.view(-1, *([1] * (points.ndim - 1)))
     return torch.where(mask, points * points.new_tensor([-1.0, 1.0, 1.0]), points)
 
 
-def _mirror_pixels(pixels: torch.Tensor, left: torch.Tensor, width: int) -> torch.Tensor:
+def mirror_pixels(pixels: torch.Tensor, left: torch.Tensor, width: int) -> torch.Tensor:
+    """``(B, ..., 2)`` pixels with ``u -> width - 1 - u`` for the samples flagged ``left``: the
+    same points in the horizontally flipped image (:func:`mirror_points` seen through
+    :func:`flip_intrinsics`)."""
     mask = left.view(-1, *([1] * (pixels.ndim - 1)))
     flipped = torch.stack([(width - 1) - pixels[..., 0], pixels[..., 1]], dim=-1)
     return torch.where(mask, flipped, pixels)
@@ -493,8 +499,8 @@ def _mirror_pixels(pixels: torch.Tensor, left: torch.Tensor, width: int) -> torc
 def mirror_left(prediction: Prediction, left: torch.Tensor) -> Prediction:
     """Mirror the outputs of the samples flagged ``left`` back into their own camera frame."""
     width = prediction.image_size[1]
-    points = lambda t: _mirror_points(t, left)  # noqa: E731
-    pixels = lambda t: _mirror_pixels(t, left, width)  # noqa: E731
+    points = lambda t: mirror_points(t, left)  # noqa: E731
+    pixels = lambda t: mirror_pixels(t, left, width)  # noqa: E731
     reflection = torch.diag(prediction.vertices.new_tensor([-1.0, 1.0, 1.0]))
     rotations = torch.where(
         left.view(-1, 1, 1, 1), reflection @ prediction.global_rotations @ reflection, prediction.global_rotations
