@@ -66,7 +66,7 @@ def main() -> None:
             found.append(index)
             # into the network's crop: the whole image, resized (as the dataset reads it)
             into_crop = crop_transform(full_image_box(*image.shape[:2], dtype=torch.float64), crop_size)
-            keypoints.append(transform_points(torch.as_tensor(hands[0].keypoints2d, dtype=torch.float64), into_crop).numpy())
+            keypoints.append(transform_points(torch.tensor(np.array(hands[0].keypoints2d), dtype=torch.float64), into_crop).numpy())
     if not found:
         sys.exit(f"the detector found no hand in {args.data}")
     samples = [dataset[i] for i in found]

@@ -18,7 +18,7 @@ Per hand, in the right hand's frame (a left hand is mirrored in and out, as the 
 ``rho`` the pseudo-Huber function (quadratic below ``huber``, linear above: a wrong keypoint pulls,
 but no harder than a right one), ``J`` / ``V`` the fitted joints / vertices and ``N`` the network's
 final mesh. Free: the 16 joints' 6D rotations, the shape, and the translation (Adam, a fixed
-number of steps, so the cost is known: ~0.3 s for a hand on a CPU core).
+number of steps, so the cost is known: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torc
         model: the :class:`~meshrec.models.reconstructor.HandMeshReconstructor` that made
             ``prediction`` (its hand model, joint regressor and hand prior are used).
         prediction: its :class:`~meshrec.models.prediction.Prediction` of ``B`` crops (in the
-            crops' frame, as ``model.predict`` returns it).
+            crops' frame, as ``model.predict`` returns it); read: ``vertices``, ``joints2d``,
+            ``K``, ``side``, ``global_rotations``, ``betas`` and ``image_size``.
         keypoints2d: ``(B, 21, 2)`` crop pixels, OpenPose order, e.g. the detector's keypoints
             mapped into the crop.
         visible: ``(B, 21)`` bool, the keypoints to fit (default: all). A hand with fewer than 4
