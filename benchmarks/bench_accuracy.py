@@ -29,8 +29,9 @@ BENCH_SEED = 2027
 BENCH_HANDS = 2000
 
 
-def ensure_benchmark_set(root: Path, seed: int = BENCH_SEED, hands: int = BENCH_HANDS) -> Path:
-    """The held-out set at ``root``: rendered when missing (its evaluation split holds ``hands``)."""
+def ensure_benchmark_set(root: Path, seed: int = BENCH_SEED, hands: int = BENCH_HANDS, **writer_options) -> Path:
+    """The held-out set at ``root``: rendered when missing (its evaluation split holds ``hands``;
+    ``writer_options``, e.g. ``size`` and ``style``, go to ``write_synthetic_dataset``)."""
     from meshrec.data.synthetic import write_synthetic_dataset
 
     manifest = root / "manifest.json"
@@ -40,7 +41,7 @@ def ensure_benchmark_set(root: Path, seed: int = BENCH_SEED, hands: int = BENCH_
             sys.exit(f"{root} was rendered with seed {recorded.get('seed')}, not {seed}; pass another --data folder")
         return root
     # the writer splits one sequence; half of 2 * hands lands in 'evaluation'
-    write_synthetic_dataset(root, 2 * hands, seed=seed, eval_fraction=0.5, progress=False)
+    write_synthetic_dataset(root, 2 * hands, seed=seed, eval_fraction=0.5, progress=False, **writer_options)
     return root
 
 

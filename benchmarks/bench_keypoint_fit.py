@@ -26,20 +26,11 @@ PHOTO_BENCH_SIZE = 256
 PHOTO_BENCH_HANDS = 500
 
 
-def ensure_photo_set(root: Path) -> Path:
-    """The photo-style held-out set at ``root``: rendered when missing (its evaluation split holds
-    :data:`PHOTO_BENCH_HANDS`; the writer splits one sequence, half of it lands there)."""
-    from meshrec.data.synthetic import write_synthetic_dataset
-
-    if not (root / "manifest.json").exists():
-        write_synthetic_dataset(root, 2 * PHOTO_BENCH_HANDS, size=PHOTO_BENCH_SIZE, seed=PHOTO_BENCH_SEED,
-                                eval_fraction=0.5, style="photo", progress=False)  # fmt: skip
-    return root
-
-
 def main() -> None:
     import torch
     from PIL import Image
+
+    from bench_accuracy import ensure_benchmark_set  # the held-out set, rendered once with its own seed
 
     from meshrec import HandMeshReconstructor
     from meshrec.data.crop import crop_transform, full_image_box, transform_points
@@ -54,7 +45,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="default: the bundled model")
     args = parser.parse_args()
 
-    root = ensure_photo_set(args.data)
+    root = ensure_benchmark_set(args.data, PHOTO_BENCH_SEED, PHOTO_BENCH_HANDS, size=PHOTO_BENCH_SIZE, style="photo")
     model = HandMeshReconstructor.load(args.checkpoint)
     crop_size = model.config.image_size
     dataset = FreiHandDataset(str(root), "evaluation", crop_size=crop_size)

@@ -27,8 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
+from manolayer.rotations import matrix_to_rot6d, rot6d_to_matrix
 from meshrec.errors import MeshrecError
 from meshrec.geometry.camera import project_points
+from meshrec.losses import HandPrior, joint_limits_loss, shape_prior_loss, unmirror_rotations
+from meshrec.models.reconstructor import flip_intrinsics, mirror_pixels, mirror_points
+from meshrec.sides import SIDE_LEFT
 
 # the translation is optimised in centimetres: one learning rate suits it and the rotations
 _TRANSLATION_UNIT_M = 0.01
@@ -93,9 +97,14 @@ def keypoint_hand_size(keypoints2d: torch.Tensor, visible: torch.Tensor) -> torc
     return (high - low).norm(dim=-1).clamp(min=1.0)
 
 
-def _mean_keypoint_error(pixels, keypoints2d, visible, size) -> torch.Tensor:
-    error = (pixels - keypoints2d).norm(dim=-1) / size.unsqueeze(1)
-    return (error * visible).sum(1) / visible.sum(1).clamp(min=1)
+def _keypoint_errors(pixels: torch.Tensor, keypoints2d: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """``(B, 21)`` distances of ``pixels`` to ``keypoints2d`` (both ``(B, 21, 2)``) in hand sizes ``(B,)``."""
+    return (pixels - keypoints2d).norm(dim=-1) / size.unsqueeze(1)
+
+
+def _visible_mean(values: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` the mean of ``values`` ``(B, 21)`` over each hand's visible keypoints (0 without any)."""
+    return (values * seen).sum(1) / seen.sum(1).clamp(min=1)
 
 
 def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torch.Tensor | None = None,
@@ -110,18 +119,14 @@ def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torc
             ``K``, ``side``, ``global_rotations``, ``betas`` and ``image_size``.
         keypoints2d: ``(B, 21, 2)`` crop pixels, OpenPose order, e.g. the detector's keypoints
             mapped into the crop.
-        visible: ``(B, 21)`` bool, the keypoints to fit (default: all). A hand with fewer than 4
-            visible keypoints is held by the other terms only.
+        visible: ``(B, 21)`` bool, the keypoints to fit (default: all). A hand without a visible
+            keypoint is held by the other terms only.
         config: :class:`KeypointFitConfig`.
 
     Returns:
         :class:`KeypointFit`. Runs with gradients even under ``torch.no_grad`` / inference mode
         callers (it enables them locally); nothing of ``model`` is changed.
     """
-    from meshrec.losses import HandPrior, joint_limits_loss, shape_prior_loss, unmirror_rotations
-    from meshrec.models.reconstructor import mirror_pixels, mirror_points, flip_intrinsics
-    from manolayer.rotations import matrix_to_rot6d, rot6d_to_matrix
-
     config = config or KeypointFitConfig()
     batch = prediction.vertices.shape[0]
     if keypoints2d.shape != (batch, 21, 2):
@@ -136,7 +141,7 @@ def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torc
     layer = model.global_stage.mano
     regressor = model.joint_regressor
     side = prediction.side
-    left = side == 1
+    left = side == SIDE_LEFT
     width = prediction.image_size[1]
     with torch.inference_mode(False), torch.enable_grad():
         # everything in the right hand's frame, as the network works
@@ -170,9 +175,9 @@ def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torc
 
         for _ in range(config.steps):
             vertices, joints = hand(rot6d, betas, shift)
-            error = (project_points(joints, K) - target).norm(dim=-1) / size.unsqueeze(1)
+            error = _keypoint_errors(project_points(joints, K), target, size)
             robust = (error.square() + config.huber**2).sqrt() - config.huber
-            keypoint_term = ((robust * seen).sum(1) / seen.sum(1).clamp(min=1)).mean()
+            keypoint_term = _visible_mean(robust, seen).mean()
             offsets = (vertices - joints[:, :1]) - network_relative
             mesh_term = (offsets / _MESH_UNIT_M).square().sum(-1).mean()
             loss = keypoint_term + config.mesh_weight * mesh_term
@@ -187,8 +192,8 @@ def fit_to_keypoints(model, prediction, keypoints2d: torch.Tensor, visible: torc
         with torch.no_grad():
             vertices, joints = hand(rot6d, betas, shift)
             joints2d = project_points(joints, K)
-            before = _mean_keypoint_error(mirror_pixels(clone(prediction.joints2d), left, width), target, seen, size)
-            after = _mean_keypoint_error(joints2d, target, seen, size)
+            before = _visible_mean(_keypoint_errors(mirror_pixels(clone(prediction.joints2d), left, width), target, size), seen)
+            after = _visible_mean(_keypoint_errors(joints2d, target, size), seen)
             fitted_rotations = unmirror_rotations(rot6d_to_matrix(rot6d), side)  # M R M is its own inverse
             return KeypointFit(
                 vertices=mirror_points(vertices, left),
