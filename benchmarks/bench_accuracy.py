@@ -78,7 +78,9 @@ def main() -> int:
         model, what = HandMeshReconstructor.from_checkpoint(args.checkpoint), args.checkpoint
     else:
         model, what = HandMeshReconstructor.from_weights(args.weights), f"weights {args.weights}"
-    report = {"model": what, "data": str(data), "runs": {}}
+    # the repository's own set is recorded relative to it: the JSON ships beside the bundled weights
+    recorded_data = str(data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data)
+    report = {"model": what, "data": recorded_data, "runs": {}}
     print(f"# accuracy on {data} (seed {BENCH_SEED}, evaluation split): {what}\n")
     for label, threshold in (("gate", None), ("t_max", 1.0)):
         if label == "t_max" and model.refiner is None:
@@ -93,7 +95,7 @@ def main() -> int:
         spearman = "-" if result.uncertainty_spearman is None else f"{result.uncertainty_spearman:.3f}"
         print(f"\nkeypoint head 2D error: {head} px; mean passes {result.passes_mean:.2f} of {result.max_passes}; "
               f"sigma vs error Spearman: {spearman}\n")
-        report["runs"][label] = result_to_dict(result)
+        report["runs"][label] = {**result_to_dict(result), "data": recorded_data}
     if args.out is not None:
         from manolayer.io import write_bytes_atomic
 

@@ -571,7 +571,7 @@ class MeshRefiner(nn.Module):
             output.passes_used = torch.zeros(batch, dtype=torch.long, device=output.coarse_to_fine_vertices.device)
         if state is None or passes <= done:
             return state
-        threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
+        threshold = self._exit_threshold(exit_threshold)
         adaptive = stop_after is None and self._can_exit(threshold)
         loop_pass = loop_pass or self.loop_pass
         if done:
@@ -612,6 +612,10 @@ class MeshRefiner(nn.Module):
         output.passes_used = passes_used
         return state
 
+    def _exit_threshold(self, exit_threshold: float | None) -> float:
+        """tau for an ``exit_threshold`` override (None: ``gate.exit_threshold``)."""
+        return self.gate.exit_threshold if exit_threshold is None else exit_threshold
+
     def _can_exit(self, threshold: float) -> bool:
         """Whether a sample can leave the loop early: at inference, with an adaptive gate and a
         threshold below 1 (p_exit <= 1 never passes a threshold >= 1)."""
@@ -621,8 +625,7 @@ class MeshRefiner(nn.Module):
         """How many loop passes every sample runs before the gate can let one leave (arguments as
         :meth:`run_loop`): all of them when none can leave, else the first (0 without a loop)."""
         passes = self.loop_passes(max_passes)
-        threshold = self.gate.exit_threshold if exit_threshold is None else exit_threshold
-        return min(passes, 1) if self._can_exit(threshold) else passes
+        return min(passes, 1) if self._can_exit(self._exit_threshold(exit_threshold)) else passes
 
     def loop_passes(self, max_passes: int | None = None) -> int:
         """The loop's depth for a ``max_passes`` override (None: ``gate.max_passes``; 0 without a
