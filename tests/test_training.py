@@ -417,3 +417,29 @@ def test_loader_augmentation_depends_on_epoch_and_sample_only():
     sampler.set_epoch(2)
     keys = list(sampler)
     assert sorted(k - 2 * EPOCH_KEY_STRIDE for k in keys) == list(range(6))
+
+
+def test_train_only_retrains_one_head_and_leaves_the_rest_as_it_was(tmp_path):
+    """``optim.train_only``: the named part's weights move, every other weight and every norm
+    statistic stays (the frozen parts run in eval mode); a part that names nothing is refused."""
+    from meshrec.training.module import HandMeshModule
+    from meshrec.training.run import train
+
+    settings = dict(trainer={"max_epochs": 1}, data={"train_samples": 16, "augment": False})
+    start = train(tiny_config(tmp_path / "start", **settings)).last_checkpoint
+    head = "refiner.loop_heads.variance"
+    tuned = train(tiny_config(
+        tmp_path / "head", model=dict(TINY["model"], weights=str(start)),
+        optim=dict(TINY["optim"], train_only=[head]), loss={"uncertainty_distribution": "laplace"}, **settings,
+    ))
+    before, after = final_weights(tmp_path / "start"), final_weights(tmp_path / "head")
+    moved = sorted(name for name in after if not torch.equal(before[name], after[name]))
+    assert moved and all(name.startswith(f"model.{head}.") for name in moved), moved
+    assert any("running_mean" in name for name in after)  # the backbone's norms were there to move
+
+    module = HandMeshModule(tiny_config(tmp_path / "x", optim=dict(TINY["optim"], train_only=[head])))
+    module.train()
+    assert module.model.refiner.training and not module.model.backbone.training
+    with pytest.raises(MeshrecError, match="refiner.loop_heads.varience"):
+        HandMeshModule(tiny_config(tmp_path / "y", optim=dict(TINY["optim"], train_only=["refiner.loop_heads.varience"])))
+    assert tuned.last_checkpoint.exists()

@@ -92,12 +92,21 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``.
+
+    Attributes:
+        train_only: names of the parts to train, as in the model's state dict (a parameter
+            trains when its name is one of them or starts with one and a dot, e.g.
+            ``refiner.loop_heads.variance``); empty: every parameter. The frozen parts run as
+            at inference (eval mode: norm statistics kept, no sampling noise), so a head can
+            be retrained on what the finished network gives it.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     min_lr_ratio: float = 0.05
+    train_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:

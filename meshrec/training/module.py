@@ -39,11 +39,31 @@ class HandMeshModule(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config_to_dict(config)})
         self.model = HandMeshReconstructor(config.model)
+        if config.optim.train_only:
+            freeze_all_but(self.model, config.optim.train_only)
         self.prior = HandPrior.from_model(self.model.hand_model)
         self._validation: list[dict[str, torch.Tensor]] = []
         self._stage_order: list[str] = []  # the network's stages as it ran them, for validation
 
     # ------------------------------------------------------------------ training
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            self._frozen_parts_as_at_inference()
+        return self
+
+    def on_train_batch_start(self, batch, batch_index) -> None:
+        # Lightning restores each submodule's mode after validation without calling train()
+        self._frozen_parts_as_at_inference()
+
+    def _frozen_parts_as_at_inference(self) -> None:
+        """With ``optim.train_only``, the parts that do not train run in eval mode: the trained
+        part learns from what they give at inference (norm statistics kept, no sampling noise)."""
+        if self.config.optim.train_only:
+            for module in self.model.modules():
+                if not any(parameter.requires_grad for parameter in module.parameters()):
+                    module.eval()
 
     def max_passes(self) -> int | None:
         """Loop passes trained now: all (end-to-end) or one more every few epochs (progressive)."""
@@ -131,6 +151,8 @@ class HandMeshModule(L.LightningModule):
         optim = self.config.optim
         decay, no_decay = [], []
         for name, parameter in self.model.named_parameters():
+            if not parameter.requires_grad:
+                continue
             # norms, biases and the joint-group logits are not weights to shrink
             (no_decay if parameter.ndim <= 1 or name.endswith("group_logits") else decay).append(parameter)
         optimizer = torch.optim.AdamW(
@@ -146,6 +168,24 @@ class HandMeshModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...] | list[str]) -> None:
+    """Freeze every parameter of ``model`` but those of ``parts`` (names as in its state dict: a
+    parameter trains when its name is a part or starts with one and a dot). A part that names no
+    parameter is an error listing the top-level names."""
+    names = [name for name, _ in model.named_parameters()]
+
+    def within(name: str, part: str) -> bool:
+        return name == part or name.startswith(part + ".")
+
+    unknown = [part for part in parts if not any(within(name, part) for name in names)]
+    if unknown:
+        tops = sorted({name.split(".")[0] for name in names})
+        raise MeshrecError(f"optim.train_only: {unknown} name no parameter of the model; names start with one of "
+                           f"{tops}, e.g. {names[-1]!r}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(within(name, part) for part in parts))
 
 
 def _visible_pixel_error(joints2d: torch.Tensor, batch) -> torch.Tensor:
