@@ -79,7 +79,8 @@ def main() -> int:
     else:
         model, what = HandMeshReconstructor.from_weights(args.weights), f"weights {args.weights}"
     # the repository's own set is recorded relative to it: the JSON ships beside the bundled weights
-    recorded_data = str(data.resolve().relative_to(ROOT) if data.resolve().is_relative_to(ROOT) else data)
+    resolved = data.resolve()
+    recorded_data = str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else data)
     report = {"model": what, "data": recorded_data, "runs": {}}
     print(f"# accuracy on {data} (seed {BENCH_SEED}, evaluation split): {what}\n")
     for label, threshold in (("gate", None), ("t_max", 1.0)):
