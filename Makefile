@@ -28,7 +28,7 @@ $(BIN)/.installed: pyproject.toml
 
 setup: system-deps $(BIN)/.installed
 
-# The main job (5-8 minutes on 2 cores, set-up included): the bundled model fine-tuned on a shifted synthetic domain with
+# The main job (5-9 minutes on 2 cores, set-up included): the bundled model fine-tuned on a shifted synthetic domain with
 # 2D keypoints only, sparse 3D keypoints and full meshes, scored before and after (meshrec demo).
 demo: setup
 	$(BIN)/meshrec demo --out runs/demo
