@@ -184,7 +184,10 @@ class LossConfig:
     Attributes:
         vertices ... keypoint_consistency: the weight of each term in :data:`TERM_NAMES`
             (>= 0; 0 switches a term off: it is not computed and absent from ``terms``).
-        uncertainty_distribution: ``'gaussian'`` or ``'laplace'``, the error model of the NLL.
+        uncertainty_distribution: ``'laplace'`` (default) or ``'gaussian'``, the error model of
+            the NLL. Laplace: sigma follows the typical error rather than its square, which a few
+            outliers dominate, so it ranks the joints' errors better (the bundled model's head,
+            docs/benchmarks.md); stages 1-7 of the bundled model were trained with Gaussian.
         gate_epsilon_mm: a pass's gate target is "exit" when the next pass improves the error
             by less than this (millimetres).
         warmup: term name -> steps over which its weight ramps linearly from 0 to its value.
@@ -205,7 +208,7 @@ class LossConfig:
     closeness: float = 1.0
     silhouette: float = 0.0
     uncertainty: float = 0.01
-    uncertainty_distribution: str = "gaussian"
+    uncertainty_distribution: str = "laplace"
     gate: float = 0.1
     gate_epsilon_mm: float = 1.0
     keypoints2d: float = 1.0
@@ -416,7 +419,7 @@ def _edge_lengths(vertices: Tensor, edges: Tensor) -> Tensor:
     return ((start - end).square().sum(-1) + _LENGTH_EPS_SQ).sqrt().transpose(0, 1)
 
 
-def uncertainty_nll(error: Tensor, log_variance: Tensor, distribution: str = "gaussian") -> Tensor:
+def uncertainty_nll(error: Tensor, log_variance: Tensor, distribution: str) -> Tensor:
     """Negative log-likelihood of an error magnitude under a predicted variance, constants dropped.
 
     Args:
@@ -812,7 +815,7 @@ def silhouette_loss(
 
 
 def uncertainty_loss(
-    joints: Stages, log_variance: Stages, label: Tensor, mask: Tensor, distribution: str = "gaussian"
+    joints: Stages, log_variance: Stages, label: Tensor, mask: Tensor, distribution: str
 ) -> dict[str, Tensor]:
     """Uncertainty: per sample, the mean over joints 1..J-1 of the NLL (:func:`uncertainty_nll`)
     of the root-relative joint error's norm under the predicted variance; per pass, the mean

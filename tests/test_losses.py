@@ -328,8 +328,8 @@ def test_uncertainty_trains_the_variance_only(model):
     log_variance = [torch.full((3, 21), -10.0, requires_grad=True) for _ in passes]
     prediction = dataclasses.replace(prediction, pass_vertices=passes, pass_log_variance=log_variance)
     only = {name: 0.0 for name in TERM_NAMES if name != "uncertainty"}
-    gaussian = losses(model, prediction, batch, LossConfig(**only))
-    laplace = losses(model, prediction, batch, LossConfig(**only, uncertainty_distribution="laplace"))
+    gaussian = losses(model, prediction, batch, LossConfig(**only, uncertainty_distribution="gaussian"))
+    laplace = losses(model, prediction, batch, LossConfig(**only))
     assert float(gaussian.terms["uncertainty"].detach()) != pytest.approx(float(laplace.terms["uncertainty"].detach()))
     gaussian.total.backward()
     assert all(v.grad is None for v in passes)
@@ -525,7 +525,7 @@ def masked_term(model, term: str):
             return total(closeness_loss({"a": values}, label_mesh, mask))
         if term == "uncertainty":
             joints = {"pass_1": model.joint_regressor @ mesh}
-            return total(uncertainty_loss(joints, {"pass_1": values}, label_joints, mask))
+            return total(uncertainty_loss(joints, {"pass_1": values}, label_joints, mask, "laplace"))
         if term == "gate":
             passes = {"pass_1": label_mesh + 0.01, "pass_2": label_mesh + 0.0102}
             joints = {name: model.joint_regressor @ vertices for name, vertices in passes.items()}
@@ -598,7 +598,7 @@ def test_keypoint_consistency_moves_the_mesh_joints_not_the_head(model):
         (lambda m: pose_prior_loss(torch.zeros(3, 16, 9), torch.zeros(3, dtype=torch.long)),
          r"pose_prior_loss: rotations must have shape \(B, 16, 3, 3\), got \(3, 16, 9\)"),
         (lambda m: uncertainty_loss({"pass_1": torch.zeros(3, 21, 3)}, {"pass_1": torch.zeros(3, 20)}, torch.zeros(3, 21, 3),
-                                    torch.ones(3, dtype=torch.bool)),
+                                    torch.ones(3, dtype=torch.bool), "laplace"),
          r"uncertainty_loss: log_variance\['pass_1'\] must have shape \(3, 21\), got \(3, 20\)"),
     ],
 )  # fmt: skip
