@@ -187,7 +187,7 @@ class LossConfig:
         uncertainty_distribution: ``'laplace'`` (default) or ``'gaussian'``, the error model of
             the NLL. Laplace: sigma follows the typical error rather than its square, which a few
             outliers dominate, so it ranks the joints' errors better (the bundled model's head,
-            docs/benchmarks.md); stages 1-7 of the bundled model were trained with Gaussian.
+            docs/benchmarks.md); stages 2-7 of the bundled model (configs/) were trained with Gaussian.
         gate_epsilon_mm: a pass's gate target is "exit" when the next pass improves the error
             by less than this (millimetres).
         warmup: term name -> steps over which its weight ramps linearly from 0 to its value.
