@@ -39,8 +39,9 @@ class HandMeshModule(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config_to_dict(config)})
         self.model = HandMeshReconstructor(config.model)
-        if config.optim.train_only:
-            freeze_all_but(self.model, config.optim.train_only)
+        # with optim.train_only, the parts that do not train run as at inference (eval mode): the
+        # trained part learns from what they give then (norm statistics kept, no sampling noise)
+        self._frozen_modules = freeze_all_but(self.model, config.optim.train_only) if config.optim.train_only else []
         self.prior = HandPrior.from_model(self.model.hand_model)
         self._validation: list[dict[str, torch.Tensor]] = []
         self._stage_order: list[str] = []  # the network's stages as it ran them, for validation
@@ -58,12 +59,8 @@ class HandMeshModule(L.LightningModule):
         self._frozen_parts_as_at_inference()
 
     def _frozen_parts_as_at_inference(self) -> None:
-        """With ``optim.train_only``, the parts that do not train run in eval mode: the trained
-        part learns from what they give at inference (norm statistics kept, no sampling noise)."""
-        if self.config.optim.train_only:
-            for module in self.model.modules():
-                if not any(parameter.requires_grad for parameter in module.parameters()):
-                    module.eval()
+        for module in self._frozen_modules:
+            module.eval()
 
     def max_passes(self) -> int | None:
         """Loop passes trained now: all (end-to-end) or one more every few epochs (progressive)."""
@@ -170,22 +167,32 @@ class HandMeshModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...] | list[str]) -> None:
+def _within(name: str, part: str) -> bool:
+    """Whether the parameter or module ``name`` is ``part`` or inside it (state-dict names)."""
+    return name == part or name.startswith(part + ".")
+
+
+def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...] | list[str]) -> list[torch.nn.Module]:
     """Freeze every parameter of ``model`` but those of ``parts`` (names as in its state dict: a
     parameter trains when its name is a part or starts with one and a dot). A part that names no
-    parameter is an error listing the top-level names."""
+    parameter is an error listing the top-level names.
+
+    Returns:
+        the modules wholly outside ``parts`` (neither in one nor holding one), which should run
+        as at inference.
+    """
     names = [name for name, _ in model.named_parameters()]
-
-    def within(name: str, part: str) -> bool:
-        return name == part or name.startswith(part + ".")
-
-    unknown = [part for part in parts if not any(within(name, part) for name in names)]
+    unknown = [part for part in parts if not any(_within(name, part) for name in names)]
     if unknown:
         tops = sorted({name.split(".")[0] for name in names})
         raise MeshrecError(f"optim.train_only: {unknown} name no parameter of the model; names start with one of "
                            f"{tops}, e.g. {names[-1]!r}")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(any(within(name, part) for part in parts))
+        parameter.requires_grad_(any(_within(name, part) for part in parts))
+    return [
+        module for name, module in model.named_modules()
+        if name and not any(_within(name, part) or _within(part, name) for part in parts)
+    ]
 
 
 def _visible_pixel_error(joints2d: torch.Tensor, batch) -> torch.Tensor:
