@@ -48,9 +48,12 @@ bench: setup
 # 100 minutes), stages 4 and 5 train it on again (configs/model_stage4.yaml, 95 minutes;
 # configs/model_stage5.yaml, 100 minutes), stage 6 on 80,000 hands it has not seen (data/model_b,
 # seed 12; configs/model_stage6.yaml, 92 minutes), stage 7 on 80,000 more (data/model_c, seed 13;
-# configs/model_stage7.yaml, 100 minutes), the last stage retraining only the mesh refinement (the
-# per-joint variance head among it) on 80,000 more (data/model_e, seed 15; configs/model.yaml,
-# 45 minutes), the accuracy benchmark, export. About 13 hours on 2 CPU cores; far less on a GPU (trainer.accelerator=auto picks it).
+# configs/model_stage7.yaml, 100 minutes), stage 8 retraining only the mesh refinement (the
+# per-joint variance head among it) on 80,000 more (data/model_e, seed 15; configs/model_stage8.yaml,
+# 35 minutes), stage 9 training the whole network on 80,000 more (data/model_f, seed 16;
+# configs/model_stage9.yaml, 60 minutes), the last stage retraining only the per-joint variance
+# head on them (configs/model.yaml, 15 minutes), the accuracy benchmark, export. About 14.5 hours on 2 CPU cores;
+# far less on a GPU (trainer.accelerator=auto picks it).
 model: setup
 	$(BIN)/meshrec synth --out data/model --num 100000 --seed 11 --eval-fraction 0.02 --no-progress
 	$(BIN)/meshrec train --config configs/model_stage1.yaml
@@ -65,11 +68,14 @@ model: setup
 	$(BIN)/meshrec synth --out data/model_c --num 80000 --seed 13 --eval-fraction 0.025 --no-progress
 	$(BIN)/meshrec train --config configs/model_stage7.yaml
 	$(BIN)/meshrec synth --out data/model_e --num 80000 --seed 15 --eval-fraction 0.025 --no-progress
+	$(BIN)/meshrec train --config configs/model_stage8.yaml
+	$(BIN)/meshrec synth --out data/model_f --num 80000 --seed 16 --eval-fraction 0.025 --no-progress
+	$(BIN)/meshrec train --config configs/model_stage9.yaml
 	$(BIN)/meshrec train --config configs/model.yaml
 	$(BIN)/python benchmarks/bench_accuracy.py --checkpoint runs/model/checkpoints/last.ckpt --out runs/model/bench_accuracy.json
 	$(BIN)/meshrec export-weights --half --checkpoint runs/model/checkpoints/last.ckpt \
 	  --out meshrec/models/weights/synthetic_hands.pt --scores runs/model/bench_accuracy.json \
-	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, configs/model_stage3.yaml, configs/model_stage4.yaml, configs/model_stage5.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02), configs/model_stage6.yaml on data/model_b (meshrec synth --num 80000 --seed 12 --eval-fraction 0.025), configs/model_stage7.yaml on data/model_c (meshrec synth --num 80000 --seed 13 --eval-fraction 0.025), then configs/model.yaml on data/model_e (meshrec synth --num 80000 --seed 15 --eval-fraction 0.025)"
+	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, configs/model_stage3.yaml, configs/model_stage4.yaml, configs/model_stage5.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02), configs/model_stage6.yaml on data/model_b (meshrec synth --num 80000 --seed 12 --eval-fraction 0.025), configs/model_stage7.yaml on data/model_c (meshrec synth --num 80000 --seed 13 --eval-fraction 0.025), configs/model_stage8.yaml on data/model_e (meshrec synth --num 80000 --seed 15 --eval-fraction 0.025), configs/model_stage9.yaml, then configs/model.yaml on data/model_f (meshrec synth --num 80000 --seed 16 --eval-fraction 0.025)"
 
 # Real hand photos with the detector's keypoints as 2D labels, for configs/model_real_photos.yaml
 # (an experiment, not part of `make model`; docs/benchmarks.md, "Real photos in training"): two
