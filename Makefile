@@ -51,7 +51,7 @@ bench: setup
 # configs/model_stage7.yaml, 100 minutes), stage 8 retraining only the mesh refinement (the
 # per-joint variance head among it) on 80,000 more (data/model_e, seed 15; configs/model_stage8.yaml,
 # 35 minutes), stage 9 training the whole network on 80,000 more (data/model_f, seed 16;
-# configs/model_stage9.yaml, 60 minutes), the last stage retraining only the per-joint variance
+# configs/model_stage9.yaml, 65 minutes), the last stage retraining only the per-joint variance
 # head on them (configs/model.yaml, 15 minutes), the accuracy benchmark, export. About 14.5 hours on 2 CPU cores;
 # far less on a GPU (trainer.accelerator=auto picks it).
 model: setup
