@@ -178,8 +178,8 @@ def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...] | list[str]) -
     parameter is an error listing the top-level names.
 
     Returns:
-        the modules wholly outside ``parts`` (neither in one nor holding one), which should run
-        as at inference.
+        the outermost modules wholly outside ``parts`` (neither in one nor holding one), which
+        should run as at inference (``eval()`` reaches their submodules).
     """
     names = [name for name, _ in model.named_parameters()]
     unknown = [part for part in parts if not any(_within(name, part) for name in names)]
@@ -189,9 +189,14 @@ def freeze_all_but(model: torch.nn.Module, parts: tuple[str, ...] | list[str]) -
                            f"{tops}, e.g. {names[-1]!r}")
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(_within(name, part) for part in parts))
+
+    def holds_a_part(name: str) -> bool:
+        return not name or any(_within(part, name) for part in parts)
+
     return [
         module for name, module in model.named_modules()
-        if name and not any(_within(name, part) or _within(part, name) for part in parts)
+        if not holds_a_part(name) and not any(_within(name, part) for part in parts)
+        and holds_a_part(name.rpartition(".")[0])
     ]
 
 
