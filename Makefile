@@ -51,8 +51,9 @@ bench: setup
 # configs/model_stage7.yaml, 100 minutes), stage 8 retraining only the mesh refinement (the
 # per-joint variance head among it) on 80,000 more (data/model_e, seed 15; configs/model_stage8.yaml,
 # 35 minutes), stage 9 training the whole network on 80,000 more (data/model_f, seed 16;
-# configs/model_stage9.yaml, 65 minutes), the last stage retraining only the per-joint variance
-# head on them (configs/model.yaml, 15 minutes), the accuracy benchmark, export. About 14.5 hours on 2 CPU cores;
+# configs/model_stage9.yaml, 65 minutes), stage 10 training it on 80,000 more (data/model_g, seed 17;
+# configs/model_stage10.yaml, 92 minutes), the last stage retraining only the per-joint variance
+# head on them (configs/model.yaml, 15 minutes), the accuracy benchmark, export. About 16 hours on 2 CPU cores;
 # far less on a GPU (trainer.accelerator=auto picks it).
 model: setup
 	$(BIN)/meshrec synth --out data/model --num 100000 --seed 11 --eval-fraction 0.02 --no-progress
@@ -71,11 +72,13 @@ model: setup
 	$(BIN)/meshrec train --config configs/model_stage8.yaml
 	$(BIN)/meshrec synth --out data/model_f --num 80000 --seed 16 --eval-fraction 0.025 --no-progress
 	$(BIN)/meshrec train --config configs/model_stage9.yaml
+	$(BIN)/meshrec synth --out data/model_g --num 80000 --seed 17 --eval-fraction 0.025 --no-progress
+	$(BIN)/meshrec train --config configs/model_stage10.yaml
 	$(BIN)/meshrec train --config configs/model.yaml
 	$(BIN)/python benchmarks/bench_accuracy.py --checkpoint runs/model/checkpoints/last.ckpt --out runs/model/bench_accuracy.json
 	$(BIN)/meshrec export-weights --half --checkpoint runs/model/checkpoints/last.ckpt \
 	  --out meshrec/models/weights/synthetic_hands.pt --scores runs/model/bench_accuracy.json \
-	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, configs/model_stage3.yaml, configs/model_stage4.yaml, configs/model_stage5.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02), configs/model_stage6.yaml on data/model_b (meshrec synth --num 80000 --seed 12 --eval-fraction 0.025), configs/model_stage7.yaml on data/model_c (meshrec synth --num 80000 --seed 13 --eval-fraction 0.025), configs/model_stage8.yaml on data/model_e (meshrec synth --num 80000 --seed 15 --eval-fraction 0.025), configs/model_stage9.yaml, then configs/model.yaml on data/model_f (meshrec synth --num 80000 --seed 16 --eval-fraction 0.025)"
+	  --note "make model: configs/model_stage1.yaml, configs/model_stage1b.yaml, configs/model_stage1c.yaml, configs/model_stage2.yaml, configs/model_stage3.yaml, configs/model_stage4.yaml, configs/model_stage5.yaml on data/model (meshrec synth --num 100000 --seed 11 --eval-fraction 0.02), configs/model_stage6.yaml on data/model_b (meshrec synth --num 80000 --seed 12 --eval-fraction 0.025), configs/model_stage7.yaml on data/model_c (meshrec synth --num 80000 --seed 13 --eval-fraction 0.025), configs/model_stage8.yaml on data/model_e (meshrec synth --num 80000 --seed 15 --eval-fraction 0.025), configs/model_stage9.yaml on data/model_f (meshrec synth --num 80000 --seed 16 --eval-fraction 0.025), configs/model_stage10.yaml, then configs/model.yaml on data/model_g (meshrec synth --num 80000 --seed 17 --eval-fraction 0.025)"
 
 # Real hand photos with the detector's keypoints as 2D labels, for configs/model_real_photos.yaml
 # (an experiment, not part of `make model`; docs/benchmarks.md, "Real photos in training"): two
