@@ -467,6 +467,24 @@ def test_the_variance_head_reads_the_keypoint_evidence(cache_dir):
         assert not torch.allclose(run(0.0), run(8.0))
 
 
+def test_keypoint_guidance_is_bounded_for_a_mesh_at_the_camera_plane():
+    """A mesh keypoint at the camera plane (a hand predicted too close) projects arbitrarily far;
+    its residual to the keypoint head is capped at one crop width (16 guidance units), or the
+    refinement's offsets follow it to kilometres (seen on a photo-style hand)."""
+    from meshrec.models.refinement import GUIDANCE_PIXEL_FRACTION, MeshRefiner
+
+    K = torch.tensor([[[145.0, 0.0, 63.5], [0.0, 145.0, 63.5], [0.0, 0.0, 1.0]]])
+    head = (torch.full((1, 21, 2), 64.0), torch.zeros(1, 21), torch.ones(1, 21))
+    evidence = MeshRefiner._prepare_evidence(head, K, (SIZE, SIZE))
+    mesh = torch.zeros(1, 21, 3)
+    mesh[..., 2] = 0.3
+    mesh[0, 5] = torch.tensor([0.05, -0.02, 1e-6])
+    residual = MeshRefiner._keypoint_residual(mesh, evidence)
+    crop = 1.0 / GUIDANCE_PIXEL_FRACTION
+    assert torch.isfinite(residual).all() and residual[..., :2].abs().max() == crop
+    assert residual[0, 0, :2].abs().max() < 1.0  # a keypoint in front of the camera is left as it is
+
+
 def _randomize_batch_norms(network: torch.nn.Module, seed: int = 3) -> None:
     """Running statistics and affine parameters far from the identity, so folding is tested."""
     generator = torch.Generator().manual_seed(seed)

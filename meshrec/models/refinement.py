@@ -442,7 +442,10 @@ class MeshRefiner(nn.Module):
         if evidence is None:
             return None
         pixels, depth, _, K_units = evidence
-        residual2d = pixels - project_points(mesh_keypoints, K_units)  # (B, 21, 2)
+        # A mesh keypoint near the camera plane projects arbitrarily far away; a residual past one
+        # crop width says nothing more, and unbounded it sends the blocks' offsets to kilometres.
+        crop = 1.0 / GUIDANCE_PIXEL_FRACTION
+        residual2d = (pixels - project_points(mesh_keypoints, K_units)).clamp(-crop, crop)  # (B, 21, 2)
         mesh_depth = (mesh_keypoints[..., 2] - mesh_keypoints[..., :1, 2]) * GUIDANCE_DEPTH_SCALE
         return torch.cat([residual2d, (depth - mesh_depth).unsqueeze(-1)], dim=-1)
 
